@@ -1,0 +1,198 @@
+"""The HTTP edge: routes, the three exception handlers, and the lifespan that builds the service."""
+
+import asyncio
+import dataclasses
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+import mlflow
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.model_pool import ModelPool
+from gateway.registry import Registry
+from gateway.service import InvocationService, Outcome
+
+logger = logging.getLogger(__name__)
+
+JSON = "application/json"
+_MAX_REQUEST_ID = 128
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    registry: Registry | None = None,
+    on_fatal: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    predict_threads: int = 4,
+) -> Starlette:
+    """The gateway's ASGI app; models load in the background once the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(predict_threads, thread_name_prefix="gateway-predict")
+        pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
+        app.state.pool = pool
+        app.state.service = InvocationService(config, pool, executor)
+        loading = asyncio.create_task(asyncio.to_thread(pool.load_all))
+        loading.add_done_callback(_report_loading(on_ready, on_fatal))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            executor.shutdown(wait=True, cancel_futures=False)
+
+    async def invocations(request: Request) -> Response:
+        request_id = _request_id(request.headers.get("x-request-id"))
+        service: InvocationService = request.app.state.service
+        try:
+            endpoint = service.endpoint(request.path_params.get("name"))
+            body = await _read_body(request, config.max_request_bytes)
+            outcome = await service.invoke(
+                endpoint, body, request.headers.get("content-type"), request.headers
+            )
+        except GatewayError as error:
+            return _error_response(error, {"x-request-id": request_id})
+        return Response(outcome.body, media_type=JSON, headers=_served_headers(request_id, outcome))
+
+    async def ping(request: Request) -> Response:
+        return Response("\n", media_type=JSON)
+
+    async def health(request: Request) -> Response:
+        if not request.app.state.pool.ready:
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
+        return Response("\n", media_type=JSON)
+
+    async def version(request: Request) -> Response:
+        return _json({"gateway": __version__, "mlflow": mlflow.__version__})
+
+    async def endpoints(request: Request) -> Response:
+        pool: ModelPool = request.app.state.pool
+        return _json(
+            [
+                {
+                    "name": endpoint.name,
+                    "model": endpoint.model,
+                    "variants": [dataclasses.asdict(status) for status in pool.describe(endpoint)],
+                    "shadow": list(endpoint.shadow),
+                    "sticky": endpoint.sticky.model_dump(exclude_none=True)
+                    if endpoint.sticky
+                    else None,
+                    "allow_override": endpoint.allow_override,
+                }
+                for endpoint in config.endpoints
+            ]
+        )
+
+    return Starlette(
+        routes=[
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
+            Route("/ping", ping, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/version", version, methods=["GET"]),
+            Route("/endpoints", endpoints, methods=["GET"]),
+        ],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def _report_loading(
+    on_ready: Callable[[], None] | None, on_fatal: Callable[[], None] | None
+) -> Callable[[asyncio.Task[None]], None]:
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            logger.info("all models loaded; ready")
+            if on_ready is not None:
+                on_ready()
+            return
+        logger.error("cannot serve: %s", exc, exc_info=not str(exc))
+        if on_fatal is not None:
+            on_fatal()
+
+    return done
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise GatewayError("PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise GatewayError(
+                "PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes."
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request_id(given: str | None) -> str:
+    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
+        return given
+    return uuid.uuid4().hex
+
+
+def _served_headers(request_id: str, outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-request-id": request_id,
+        "x-gateway-variant": outcome.decision.variant,
+        "x-gateway-model-version": outcome.model_version,
+    }
+
+
+def _json(
+    content: Any, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    # json.dumps' default separators, as MLflow's own error bodies have them.
+    return Response(json.dumps(content), status_code, headers, media_type=JSON)
+
+
+def _error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+    return _json(error.to_dict(), error.status_code, headers)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        error = GatewayError("ENDPOINT_NOT_FOUND", f"No route for {request.url.path}.")
+    elif exc.status_code == 405:
+        error = GatewayError(
+            "METHOD_NOT_ALLOWED", f"{request.method} is not allowed on {request.url.path}."
+        )
+    else:
+        return _json(
+            {"error_code": "BAD_REQUEST", "message": exc.detail}, exc.status_code, exc.headers
+        )
+    return _error_response(error, exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log."))

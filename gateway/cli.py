@@ -1,0 +1,178 @@
+"""The `gateway` command: serve, check and demo."""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import ConfigError, GatewayConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    environ = os.environ if environ is None else environ
+    args = _parser(environ).parse_args(argv)
+    if args.command == "demo":
+        return _demo(args, environ)
+    try:
+        config = load_config(args.config, environ)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(config)
+    return _serve(config, args)
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the endpoints of a config file")
+    _config_argument(serve, environ)
+    serve.add_argument("--host", default=environ.get("GATEWAY_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(environ.get("GATEWAY_PORT", "8080")))
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        default=int(environ.get("GATEWAY_WORKERS", "1")),
+        help="worker processes sharing the port (default 1)",
+    )
+    _logging_arguments(serve)
+
+    check = commands.add_parser(
+        "check", help="validate a config and resolve its aliases, then exit"
+    )
+    _config_argument(check, environ)
+
+    demo = commands.add_parser("demo", help="create a local demo registry and serve it")
+    demo.add_argument(
+        "--dir", type=Path, default=Path("gateway-demo"), help="default ./gateway-demo"
+    )
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080)
+    _logging_arguments(demo)
+    return parser
+
+
+def _config_argument(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    parser.add_argument(
+        "--config",
+        default=environ.get("GATEWAY_CONFIG", "gateway.yaml"),
+        help="path of gateway.yaml (default $GATEWAY_CONFIG or ./gateway.yaml)",
+    )
+
+
+def _logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _check(config: GatewayConfig, *, show: bool = True) -> int:
+    """Resolve every variant against the registry; print what serves, and every problem."""
+    from gateway.registry import Registry, RegistryError
+
+    registry = Registry(config.tracking_uri, config.registry_uri)
+    problems = []
+    for endpoint in config.endpoints:
+        for variant in endpoint.variants:
+            try:
+                version = registry.resolve(endpoint.model, variant)
+            except RegistryError as exc:
+                problems.append(f"endpoint {endpoint.name} variant {variant.variant_name}: {exc}")
+                continue
+            if show:
+                print(
+                    f"{endpoint.name}\t{variant.variant_name}\t{version.uri}\tweight {variant.weight}"
+                )
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
+    from gateway.logconfig import configure_logging
+    from gateway.server import bind, serve
+
+    configure_logging(args.log_level, args.log_format)
+    # Resolve every alias before the port is bound: a typo fails here, at once, by name.
+    status = _check(config, show=False)
+    if status != EXIT_OK:
+        return status
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    host, port = sock.getsockname()[:2]
+    logger.info("listening on http://%s:%s with %d worker(s)", host, port, args.workers)
+    return serve(
+        config, sock, workers=args.workers, log_level=args.log_level, log_format=args.log_format
+    )
+
+
+def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from gateway.demo import allow_demo_model_loading, build_demo
+    from gateway.logconfig import configure_logging
+    from gateway.server import bind, serve
+
+    started = time.monotonic()
+    configure_logging(args.log_level, args.log_format)
+    allow_demo_model_loading()
+    config_path = build_demo(args.dir)
+    config = load_config(str(config_path), {})
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    host, port = sock.getsockname()[:2]
+
+    def banner() -> None:
+        print(
+            _DEMO_BANNER.format(
+                seconds=time.monotonic() - started, url=f"http://{host}:{port}", config=config_path
+            ),
+            flush=True,
+        )
+
+    return serve(
+        config, sock, log_level=args.log_level, log_format=args.log_format, on_ready=banner
+    )
+
+
+_DEMO_BANNER = """
+Gateway demo ready in {seconds:.1f}s on {url} (config: {config}); Ctrl+C stops it.
+
+  curl -s {url}/invocations -H 'Content-Type: application/json' -H 'X-User-Id: alice' \\
+    -d '{{"dataframe_split": {{"columns": ["tenure_months", "monthly_charges", "support_calls", "plan"], "data": [[3, 89.5, 4, "basic"], [48, 30.0, 0, "pro"]]}}}}'
+
+  curl -s {url}/invocations -H 'Content-Type: application/json' \\
+    -d '{{"dataframe_records": [{{"tenure_months": 3, "monthly_charges": 89.5, "support_calls": 4, "plan": "basic"}}]}}'
+
+  printf 'tenure_months,monthly_charges,support_calls,plan\\n3,89.5,4,basic\\n' | \\
+    curl -s {url}/invocations -H 'Content-Type: text/csv' --data-binary @-
+
+  curl -s -i {url}/invocations -H 'Content-Type: application/json' -H 'x-gateway-variant: challenger' \\
+    -d '{{"inputs": {{"tenure_months": [3], "monthly_charges": [89.5], "support_calls": [4], "plan": ["basic"]}}}}'
+
+  curl -s {url}/endpoints
+"""

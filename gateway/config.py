@@ -1,0 +1,289 @@
+"""Load and validate `gateway.yaml` with `GATEWAY_*` overrides into frozen, typed models (pure)."""
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "GATEWAY_"
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Sticky(_Model):
+    """Where a request's user key comes from: a header or a payload column."""
+
+    header: str | None = None
+    field: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.header is None) == (self.field is None):
+            raise ValueError("give exactly one of `header` or `field`")
+        return self
+
+
+class Batching(_Model):
+    """Adaptive batching limits for one model version."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 32
+    max_wait_ms: Annotated[float, Field(ge=0, le=1_000)] = 2.0
+
+
+class Variant(_Model):
+    """One way an endpoint can be served: a registry alias, a pinned version or a legacy stage."""
+
+    alias: Annotated[str, Field(pattern=_NAME)] | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+    stage: Literal["Production", "Staging"] | None = None
+    weight: Annotated[int, Field(ge=0)] = 1
+    name: Annotated[str, Field(pattern=_NAME)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_reference(self) -> Self:
+        given = [key for key in ("alias", "version", "stage") if getattr(self, key) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of `alias`, `version` or `stage`, got {given or 'none'}"
+            )
+        return self
+
+    @property
+    def variant_name(self) -> str:
+        """The name clients and logs see: the alias, `v<version>` or the lower-cased stage."""
+        if self.name is not None:
+            return self.name
+        if self.alias is not None:
+            return self.alias
+        if self.version is not None:
+            return f"v{self.version}"
+        return str(self.stage).lower()
+
+    @property
+    def reference(self) -> str:
+        """The registry reference, as in a `models:/` URI: `@alias`, `/7` or `/Production`."""
+        if self.alias is not None:
+            return f"@{self.alias}"
+        return f"/{self.version if self.version is not None else self.stage}"
+
+
+class Endpoint(_Model):
+    """One served model: its variants and how traffic is split between them."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    model: Annotated[str, Field(min_length=1)]
+    variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
+    shadow: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
+    sticky: Sticky | None = None
+    allow_override: bool = True
+    refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
+    batching: Batching | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Self:
+        names = [variant.variant_name for variant in self.variants]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"variant names must be unique, repeated: {', '.join(duplicates)}")
+        if all(variant.weight == 0 for variant in self.variants):
+            raise ValueError("at least one variant needs a weight above 0")
+        clashes = sorted(set(self.shadow) & set(names))
+        if clashes:
+            raise ValueError(f"a shadow alias cannot also be a variant: {', '.join(clashes)}")
+        return self
+
+
+class InferenceLog(_Model):
+    """Where and how inference-log records are written."""
+
+    dir: str = "./inference-logs"
+    enabled: bool = True
+
+
+class GatewayConfig(_Model):
+    """The whole gateway: registry location, endpoints and inference log."""
+
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    endpoints: Annotated[tuple[Endpoint, ...], Field(min_length=1)]
+    inference_log: InferenceLog = InferenceLog()
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+
+    @model_validator(mode="after")
+    def _unique_endpoints(self) -> Self:
+        names = [endpoint.name for endpoint in self.endpoints]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"endpoint names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    def endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint called `name`, if any."""
+        return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists each one with its location."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def __str__(self) -> str:
+        lines = [f"invalid configuration in {self.source}:"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def parse_config(
+    text: str, environ: Mapping[str, str], source: str = "gateway.yaml"
+) -> GatewayConfig:
+    """Validate YAML text with `GATEWAY_*` overrides from `environ`; raise ConfigError on problems."""
+    try:
+        raw = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"the top level must be a mapping, got {type(raw).__name__}"])
+    problems: list[str] = []
+    data = _apply_overrides(raw, environ, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(error) for error in _relevant(exc.errors())]) from exc
+
+
+def load_config(path: str, environ: Mapping[str, str]) -> GatewayConfig:
+    """Read and validate the config file at `path`; raise ConfigError when it cannot be used."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the file: {exc.strerror}"]) from exc
+    return parse_config(text, environ, source=path)
+
+
+def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> Any:
+    """Overlay `GATEWAY_A__B__0__C=value` onto raw data; values are read as YAML scalars."""
+    data: Any = raw
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX) or key in _NOT_CONFIG:
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(environ[key])
+        except yaml.YAMLError:
+            value = environ[key]
+        node = data
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                index: int | str = int(part)
+            elif isinstance(node, dict):
+                index = part
+            else:
+                problems.append(f"{key}: no setting at {_dotted(path[: depth + 1])}")
+                break
+            if last:
+                node[index] = value
+            else:
+                node = node.setdefault(index, {}) if isinstance(node, dict) else node[index]
+    return data
+
+
+# Variables with the prefix that steer the command line rather than the config file.
+_NOT_CONFIG = frozenset({"GATEWAY_CONFIG", "GATEWAY_HOST", "GATEWAY_PORT", "GATEWAY_WORKERS"})
+
+
+def _dotted(location: list[str] | tuple[Any, ...]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int) or (isinstance(part, str) and part.isdigit()):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+_KNOWN_KEYS: dict[str, list[str]] = {
+    model.__name__: list(model.model_fields)
+    for model in (GatewayConfig, Endpoint, Variant, Sticky, Batching, InferenceLog)
+}
+
+
+def _describe(error: Any) -> str:
+    """One line per problem: `endpoints[0].variants[1].weight: must be >= 0, got -5`."""
+    location = [
+        part
+        for part in error["loc"]
+        if not (isinstance(part, str) and part.startswith("function-"))
+    ]
+    where = _dotted(tuple(location))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        key = str(location[-1]) if location else ""
+        candidates = sorted({name for names in _KNOWN_KEYS.values() for name in names})
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"{where}: unknown key{hint}"
+    if kind == "missing":
+        return f"{where}: required"
+    context = error.get("ctx") or {}
+    template = _MESSAGES.get(kind)
+    if template is not None:
+        message = template.format(**context)
+    else:
+        message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
+        message = message[0].lower() + message[1:] if message else message
+    value = error.get("input")
+    if isinstance(value, dict | list):
+        return f"{where}: {message}"
+    return f"{where}: {message}, got {value!r}"
+
+
+_MESSAGES: dict[str, str] = {
+    "greater_than_equal": "must be a number >= {ge}",
+    "greater_than": "must be a number > {gt}",
+    "less_than_equal": "must be a number <= {le}",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "string_too_short": "must not be empty",
+    "string_pattern_mismatch": "must be letters, digits, `.`, `_` or `-`",
+    "literal_error": "must be one of {expected}",
+    "too_short": "must have at least {min_length} item(s)",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+    "dict_type": "must be a mapping",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+}
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """Drop a list's `too_short` when its items failed: pydantic counts only the valid ones."""
+    with_failed_items = {
+        tuple(error["loc"][:index])
+        for error in errors
+        for index, part in enumerate(error["loc"])
+        if isinstance(part, int)
+    }
+    return [
+        error
+        for error in errors
+        if not (error["type"] == "too_short" and tuple(error["loc"]) in with_failed_items)
+    ]

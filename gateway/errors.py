@@ -1,0 +1,46 @@
+"""The one error type a client can see, and the table that gives each error code its HTTP status."""
+
+from typing import Final
+
+# Modelled on MLflow's ERROR_CODE_TO_HTTP_STATUS so that clients written for `mlflow models serve`
+# see the codes they know; the last four have no MLflow equivalent and name what went wrong.
+HTTP_STATUS: Final[dict[str, int]] = {
+    "BAD_REQUEST": 400,
+    "INVALID_PARAMETER_VALUE": 400,
+    "MALFORMED_REQUEST": 400,
+    "ENDPOINT_NOT_FOUND": 404,
+    "RESOURCE_DOES_NOT_EXIST": 404,
+    "REQUEST_LIMIT_EXCEEDED": 429,
+    "INTERNAL_ERROR": 500,
+    "NOT_IMPLEMENTED": 501,
+    "TEMPORARILY_UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+    "METHOD_NOT_ALLOWED": 405,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+}
+
+
+class GatewayError(Exception):
+    """An error to answer with `{"error_code": ..., "message": ...}` and the code's HTTP status."""
+
+    def __init__(self, error_code: str, message: str) -> None:
+        if error_code not in HTTP_STATUS:
+            raise ValueError(f"unknown error code {error_code!r}")
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status for this error's code."""
+        return HTTP_STATUS[self.error_code]
+
+    def to_dict(self) -> dict[str, str]:
+        """The MLflow-style error body."""
+        return {"error_code": self.error_code, "message": self.message}
+
+
+def status_for(error_code: str) -> int:
+    """The HTTP status of an MLflow or gateway error code; unknown codes are server errors."""
+    return HTTP_STATUS.get(error_code, 500)

@@ -1,0 +1,179 @@
+"""The MLflow scoring protocol: a request body to model input and params; predictions to JSON bytes.
+
+Parsing and schema casting are MLflow's own functions (those of `mlflow models serve`), so the
+gateway accepts and rejects exactly what MLflow does and answers the same bytes. What differs is
+on purpose and listed in the README: errors never quote the payload and never carry a stack trace,
+every client error is a 4xx with a JSON body, and media types are matched as RFC 9110 says.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from io import BytesIO, StringIO
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+
+from gateway.errors import GatewayError
+
+
+class Format(StrEnum):
+    """The body formats of the scoring protocol, by media type."""
+
+    JSON = "application/json"
+    CSV = "text/csv"
+    PARQUET = "application/vnd.apache.parquet"
+
+
+SUPPORTED_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What `predict` takes, parsed from one request."""
+
+    data: Any
+    params: dict[str, Any] | None
+    # The unified LLM format answers the bare predictions, without the `predictions` envelope.
+    unwrapped: bool = False
+
+
+def parse_media_type(content_type: str | None) -> Format:
+    """The request's format; 415 for a missing or unsupported type or a charset other than UTF-8."""
+    supported = ", ".join(f"'{fmt.value}'" for fmt in Format)
+    if content_type is None or not content_type.strip():
+        raise GatewayError(
+            "UNSUPPORTED_MEDIA_TYPE", f"A Content-Type header is required; supported: {supported}."
+        )
+    mime, *pairs = (part.strip() for part in content_type.split(";"))
+    params = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    if params.get("charset", "utf-8").lower() != "utf-8":
+        raise GatewayError("UNSUPPORTED_MEDIA_TYPE", "The scoring server only supports UTF-8")
+    unexpected = sorted(set(params) - {"charset"})
+    if unexpected:
+        raise GatewayError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"Unrecognized content type parameters: {', '.join(unexpected)}. "
+            "Only `charset=utf-8` is accepted.",
+        )
+    try:
+        return Format(mime.lower())
+    except ValueError:
+        raise GatewayError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            f"This predictor only supports the following content types: {supported}. "
+            f"Got '{content_type[:100]}'.",
+        ) from None
+
+
+def decode_json(body: bytes) -> dict[str, Any]:
+    """The JSON document of a request; 400 unless it is a JSON object."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise GatewayError(
+            "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: '{exc!r}'"
+        ) from exc
+    except RecursionError as exc:
+        raise GatewayError("BAD_REQUEST", "The JSON document is nested too deeply.") from exc
+    if isinstance(document, dict):
+        return document
+    received = "a list" if isinstance(document, list) else f"a {type(document).__name__}"
+    raise GatewayError("BAD_REQUEST", f"{_required_format()}. Received {received}.")
+
+
+def parse_json(document: dict[str, Any], metadata: Any, input_schema: Any) -> ModelInput:
+    """Model input from a decoded JSON request, with MLflow's parsing and schema casting."""
+    if not scoring_server.is_unified_llm_input(document):
+        found = [key for key in document if key in SUPPORTED_KEYS]
+        if len(found) != 1:
+            keys = ", ".join(repr(key) for key in document) or "none"
+            raise GatewayError(
+                "BAD_REQUEST", f"{_required_format()}. Received dictionary with keys: {keys}."
+            )
+        if "params" in document and not isinstance(document["params"], dict | None):
+            raise GatewayError("BAD_REQUEST", "`params` must be a JSON object.")
+    try:
+        parsed = scoring_server._parse_json_data(dict(document), metadata, input_schema)
+    except MlflowException as exc:
+        raise as_gateway_error(exc) from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise GatewayError("BAD_REQUEST", f"Invalid input. {_scrub(str(exc))}") from exc
+    return ModelInput(parsed.data, parsed.params, parsed.is_unified_llm_input)
+
+
+def parse_csv(body: bytes, input_schema: Any) -> ModelInput:
+    """Model input from a CSV body, typed by the signature as MLflow does."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatewayError(
+            "BAD_REQUEST", f"Ensure that input is a valid UTF-8 encoded string. Error: '{exc!r}'"
+        ) from exc
+    try:
+        return ModelInput(scoring_server.parse_csv_input(StringIO(text), input_schema), None)
+    except MlflowException as exc:
+        raise as_gateway_error(exc) from exc
+
+
+def parse_parquet(body: bytes) -> ModelInput:
+    """Model input from a Parquet body."""
+    try:
+        return ModelInput(scoring_server.parse_parquet_input(BytesIO(body)), None)
+    except MlflowException as exc:
+        raise as_gateway_error(exc) from exc
+
+
+def encode_predictions(raw: Any, unwrapped: bool = False) -> bytes:
+    """The response body, byte-for-byte what `mlflow models serve` writes for these predictions."""
+    out = StringIO()
+    if unwrapped:
+        scoring_server.unwrapped_predictions_to_json(raw, out)
+    else:
+        scoring_server.predictions_to_json(raw, out)
+    return out.getvalue().encode("utf-8")
+
+
+def as_gateway_error(exc: MlflowException) -> GatewayError:
+    """An MLflow error as a client sees it: the same code and message, minus payload and trace."""
+    code = exc.error_code if isinstance(exc.error_code, str) else "BAD_REQUEST"
+    try:
+        return GatewayError(code, _scrub(exc.message))
+    except ValueError:
+        return GatewayError("BAD_REQUEST", _scrub(exc.message))
+
+
+def predict_error(exc: Exception) -> GatewayError:
+    """The client's view of a failed `predict`, as MLflow's scoring server classifies it."""
+    if isinstance(exc, MlflowException):
+        error = as_gateway_error(exc)
+        return GatewayError(error.error_code, f"Failed to predict data. Error: {error.message}")
+    return GatewayError(
+        "BAD_REQUEST",
+        "Encountered an unexpected error while evaluating the model. Verify that the serialized "
+        "input Dataframe is compatible with the model for inference.",
+    )
+
+
+_QUOTED_DATA = re.compile(r" of data '.*?' with schema '", re.DOTALL)
+_CONVERSION_DETAIL = re.compile(
+    r"(Failed to convert column .+? to type '[^']+'\.) Error: .*", re.DOTALL
+)
+_FORMAT_SET = re.compile(r"\{'[a-z_]+'(?:, '[a-z_]+')*\}")
+
+
+def _scrub(message: str) -> str:
+    """Remove request data that MLflow quotes in its messages, and make set orders stable."""
+    message = _QUOTED_DATA.sub(" with schema '", message)
+    message = _CONVERSION_DETAIL.sub(r"\1", message)
+    message = _FORMAT_SET.sub(", ".join(SUPPORTED_KEYS), message)
+    return message.strip()
+
+
+def _required_format() -> str:
+    return f"The input must be a JSON dictionary with exactly one of the input fields {', '.join(SUPPORTED_KEYS)}"

@@ -1,0 +1,102 @@
+"""The only module that talks to MLflow: resolve aliases, versions and stages; load pyfunc models."""
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gateway.config import Variant
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """The registry cannot give what the config asks for; the message names model, variant and URI."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version that a variant resolves to."""
+
+    model: str
+    version: str
+    run_id: str | None
+
+    @property
+    def uri(self) -> str:
+        """The `models:/` URI of exactly this version."""
+        return f"models:/{self.model}/{self.version}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A pyfunc model in memory with the parts of its metadata that parsing needs."""
+
+    version: ModelVersion
+    pyfunc: Any
+    metadata: Any
+    input_schema: Any
+
+
+class Registry:
+    """An MLflow tracking/registry server seen through the few calls the gateway makes."""
+
+    def __init__(self, tracking_uri: str | None, registry_uri: str | None) -> None:
+        # pyfunc loading resolves `models:/` URIs through MLflow's process-wide URIs, so they are
+        # set once here; None keeps MLflow's own defaults (MLFLOW_TRACKING_URI and friends).
+        if tracking_uri is not None:
+            mlflow.set_tracking_uri(tracking_uri)
+        if registry_uri is not None:
+            mlflow.set_registry_uri(registry_uri)
+        self.tracking_uri = mlflow.get_tracking_uri()
+        self.registry_uri = mlflow.get_registry_uri()
+        self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
+    def resolve(self, model: str, variant: Variant) -> ModelVersion:
+        """The version that a variant's alias, pinned version or stage points at now."""
+        where = f"models:/{model}{variant.reference} (registry {self.registry_uri})"
+        try:
+            if variant.alias is not None:
+                found = self._client.get_model_version_by_alias(model, variant.alias)
+            elif variant.version is not None:
+                found = self._client.get_model_version(model, str(variant.version))
+            else:
+                with warnings.catch_warnings():
+                    # Stages are deprecated in MLflow; many registries still use them.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    latest = self._client.get_latest_versions(model, stages=[str(variant.stage)])
+                if not latest:
+                    raise RegistryError(f"{where}: no version is in stage {variant.stage}")
+                found = latest[0]
+        except MlflowException as exc:
+            raise RegistryError(f"{where}: {_first_line(exc.message)}") from exc
+        except RegistryError:
+            raise
+        except Exception as exc:
+            # Connection errors and the like from the REST or SQL store.
+            raise RegistryError(f"{where}: registry unreachable: {_first_line(str(exc))}") from exc
+        return ModelVersion(model=model, version=str(found.version), run_id=found.run_id)
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """Download and load one version as a pyfunc model."""
+        try:
+            pyfunc = mlflow.pyfunc.load_model(version.uri)
+        except Exception as exc:
+            raise RegistryError(
+                f"{version.uri} (registry {self.registry_uri}): cannot load: {_first_line(str(exc))}"
+            ) from exc
+        metadata = pyfunc.metadata
+        return LoadedModel(
+            version=version,
+            pyfunc=pyfunc,
+            metadata=metadata,
+            input_schema=metadata.get_input_schema(),
+        )
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
