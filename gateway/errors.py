@@ -1,5 +1,6 @@
 """The one error type a client can see, and the table that gives each error code its HTTP status."""
 
+from collections.abc import Mapping
 from typing import Final
 
 # Modelled on MLflow's ERROR_CODE_TO_HTTP_STATUS so that clients written for `mlflow models serve`
@@ -24,12 +25,16 @@ HTTP_STATUS: Final[dict[str, int]] = {
 class GatewayError(Exception):
     """An error to answer with `{"error_code": ..., "message": ...}` and the code's HTTP status."""
 
-    def __init__(self, error_code: str, message: str) -> None:
+    def __init__(
+        self, error_code: str, message: str, classification: Mapping[str, str] | None = None
+    ) -> None:
         if error_code not in HTTP_STATUS:
             raise ValueError(f"unknown error code {error_code!r}")
         super().__init__(message)
         self.error_code = error_code
         self.message = message
+        # MLflow's `sqlstate` and `error_class`, passed on when an MLflow error is the cause.
+        self.classification = dict(classification or {})
 
     @property
     def status_code(self) -> int:
@@ -38,7 +43,7 @@ class GatewayError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         """The MLflow-style error body."""
-        return {"error_code": self.error_code, "message": self.message}
+        return {"error_code": self.error_code, "message": self.message, **self.classification}
 
 
 def status_for(error_code: str) -> int:

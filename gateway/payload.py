@@ -14,6 +14,7 @@ from io import BytesIO, StringIO
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import scoring_server
 
 from gateway.errors import GatewayError
@@ -75,16 +76,27 @@ def decode_json(body: bytes) -> dict[str, Any]:
     """The JSON document of a request; 400 unless it is a JSON object."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        # str(), not repr(): the repr of a UnicodeDecodeError carries the whole body.
         raise GatewayError(
-            "BAD_REQUEST", f"Ensure that input is a valid JSON formatted string. Error: '{exc!r}'"
+            "BAD_REQUEST",
+            f"Invalid input. Ensure that input is a valid UTF-8 encoded string. Error: '{exc}'",
+        ) from exc
+    except ValueError as exc:
+        raise GatewayError(
+            "BAD_REQUEST",
+            f"Invalid input. Ensure that input is a valid JSON formatted string. Error: '{exc!r}'",
         ) from exc
     except RecursionError as exc:
         raise GatewayError("BAD_REQUEST", "The JSON document is nested too deeply.") from exc
     if isinstance(document, dict):
         return document
-    received = "a list" if isinstance(document, list) else f"a {type(document).__name__}"
-    raise GatewayError("BAD_REQUEST", f"{_required_format()}. Received {received}.")
+    received = (
+        "a list"
+        if isinstance(document, list)
+        else f"unexpected input type '{type(document).__name__}'"
+    )
+    raise GatewayError("BAD_REQUEST", f"Invalid input. {_required_format()}. Received {received}.")
 
 
 def parse_json(document: dict[str, Any], metadata: Any, input_schema: Any) -> ModelInput:
@@ -113,7 +125,8 @@ def parse_csv(body: bytes, input_schema: Any) -> ModelInput:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise GatewayError(
-            "BAD_REQUEST", f"Ensure that input is a valid UTF-8 encoded string. Error: '{exc!r}'"
+            "BAD_REQUEST",
+            f"Invalid input. Ensure that input is a valid UTF-8 encoded string. Error: '{exc}'",
         ) from exc
     try:
         return ModelInput(scoring_server.parse_csv_input(StringIO(text), input_schema), None)
@@ -142,25 +155,36 @@ def encode_predictions(raw: Any, unwrapped: bool = False) -> bytes:
 def as_gateway_error(exc: MlflowException) -> GatewayError:
     """An MLflow error as a client sees it: the same code and message, minus payload and trace."""
     code = exc.error_code if isinstance(exc.error_code, str) else "BAD_REQUEST"
+    classification = {
+        key: value
+        for key in ("sqlstate", "error_class")
+        if isinstance(value := getattr(exc, key, None), str)
+    }
     try:
-        return GatewayError(code, _scrub(exc.message))
+        return GatewayError(code, _scrub(exc.message), classification)
     except ValueError:
-        return GatewayError("BAD_REQUEST", _scrub(exc.message))
+        return GatewayError("BAD_REQUEST", _scrub(exc.message), classification)
 
 
 def predict_error(exc: Exception) -> GatewayError:
     """The client's view of a failed `predict`, as MLflow's scoring server classifies it."""
     if isinstance(exc, MlflowException):
         error = as_gateway_error(exc)
-        return GatewayError(error.error_code, f"Failed to predict data. Error: {error.message}")
-    return GatewayError(
-        "BAD_REQUEST",
-        "Encountered an unexpected error while evaluating the model. Verify that the serialized "
-        "input Dataframe is compatible with the model for inference.",
+        return GatewayError(
+            error.error_code,
+            f"Failed to predict data. Error: {error.message}",
+            error.classification,
+        )
+    return as_gateway_error(
+        MlflowException(
+            "Encountered an unexpected error while evaluating the model. Verify that the "
+            "serialized input Dataframe is compatible with the model for inference.",
+            error_code=BAD_REQUEST,
+        )
     )
 
 
-_QUOTED_DATA = re.compile(r" of data '.*?' with schema '", re.DOTALL)
+_QUOTED_DATA = re.compile(r"Failed to enforce schema of data '.*?' with schema '", re.DOTALL)
 _CONVERSION_DETAIL = re.compile(
     r"(Failed to convert column .+? to type '[^']+'\.) Error: .*", re.DOTALL
 )
@@ -169,7 +193,7 @@ _FORMAT_SET = re.compile(r"\{'[a-z_]+'(?:, '[a-z_]+')*\}")
 
 def _scrub(message: str) -> str:
     """Remove request data that MLflow quotes in its messages, and make set orders stable."""
-    message = _QUOTED_DATA.sub(" with schema '", message)
+    message = _QUOTED_DATA.sub("Failed to enforce the model's schema '", message)
     message = _CONVERSION_DETAIL.sub(r"\1", message)
     message = _FORMAT_SET.sub(", ".join(SUPPORTED_KEYS), message)
     return message.strip()

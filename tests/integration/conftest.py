@@ -1,0 +1,115 @@
+"""Real fixtures: a sqlite MLflow registry with trained versions, and gateways on loopback."""
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from gateway.app import create_app
+from gateway.config import GatewayConfig, parse_config
+from gateway.demo import FEATURES, MODEL_NAME, build_demo
+from gateway.server import NoDelayHTTPProtocol, bind
+
+DEADLINE_SECONDS = 60.0
+
+
+@pytest.fixture(scope="session")
+def demo_config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo registry (churn v1 @champion, v2 @challenger), built once per test session."""
+    return build_demo(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(demo_config_path: Path) -> str:
+    return str(yaml.safe_load(demo_config_path.read_text())["tracking_uri"])
+
+
+@pytest.fixture(scope="session")
+def make_config(
+    tracking_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., GatewayConfig]:
+    """A config on the test registry; `endpoints` defaults to the demo's churn endpoint."""
+    log_dir = tmp_path_factory.mktemp("inference-logs")
+
+    def make(endpoints: list[dict[str, object]] | None = None, **extra: object) -> GatewayConfig:
+        document = {
+            "tracking_uri": tracking_uri,
+            "endpoints": endpoints
+            or [
+                {
+                    "name": "churn",
+                    "model": MODEL_NAME,
+                    "variants": [
+                        {"alias": "champion", "weight": 90},
+                        {"alias": "challenger", "weight": 10},
+                    ],
+                    "sticky": {"header": "X-User-Id"},
+                }
+            ],
+            "inference_log": {"dir": str(log_dir)},
+            **extra,
+        }
+        return parse_config(yaml.safe_dump(document), {})
+
+    return make
+
+
+@contextlib.contextmanager
+def running_gateway(config: GatewayConfig, *, wait_ready: bool = True) -> Iterator[str]:
+    """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config), http=NoDelayHTTPProtocol, log_config=None, access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: server.started, "the server to start")
+        if wait_ready:
+            wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the models to load")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(DEADLINE_SECONDS)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_url(make_config: Callable[..., GatewayConfig]) -> Iterator[str]:
+    """The demo endpoint served by a gateway shared by a test module."""
+    with running_gateway(make_config()) as url:
+        yield url
+
+
+def wait_until(
+    condition: Callable[[], bool], what: str, deadline: float = DEADLINE_SECONDS
+) -> None:
+    """Poll `condition` until it holds; fail the test naming `what` after `deadline` seconds."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with contextlib.suppress(httpx.TransportError):
+            if condition():
+                return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {deadline:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def split_payload(rows: list[list[object]]) -> dict[str, object]:
+    return {"dataframe_split": {"columns": list(FEATURES), "data": rows}}
