@@ -36,9 +36,14 @@ def create_app(
     registry: Registry | None = None,
     on_fatal: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    peers_ready: Callable[[], bool] | None = None,
     predict_threads: int = 4,
 ) -> Starlette:
-    """The gateway's ASGI app; models load in the background once the lifespan starts."""
+    """The gateway's ASGI app; models load in the background once the lifespan starts.
+
+    `on_ready` and `on_fatal` are called when loading succeeds or fails; `peers_ready` tells
+    whether the other worker processes of this server are ready too.
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -73,6 +78,8 @@ def create_app(
     async def health(request: Request) -> Response:
         if not request.app.state.pool.ready:
             raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
+        if peers_ready is not None and not peers_ready():
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Another worker is still loading models.")
         return Response("\n", media_type=JSON)
 
     async def version(request: Request) -> Response:

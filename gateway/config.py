@@ -104,6 +104,20 @@ class InferenceLog(_Model):
 
     dir: str = "./inference-logs"
     enabled: bool = True
+    sample_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
+    # Request and response bodies are cut at this size (the record says `truncated`); None: no cap.
+    max_payload_bytes: Annotated[int, Field(ge=0)] | None = 64 * 1024
+    max_queue: Annotated[int, Field(ge=1)] = 10_000
+    rotate_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    rotate_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    # Key of the HMAC that turns user keys into `user_key_hash`; without it no hash is logged.
+    user_key_secret: Annotated[str, Field(min_length=16)] | None = Field(default=None, repr=False)
+
+
+class Metrics(_Model):
+    """Prometheus metrics on `/metrics`."""
+
+    enabled: bool = True
 
 
 class GatewayConfig(_Model):
@@ -113,6 +127,7 @@ class GatewayConfig(_Model):
     registry_uri: str | None = None
     endpoints: Annotated[tuple[Endpoint, ...], Field(min_length=1)]
     inference_log: InferenceLog = InferenceLog()
+    metrics: Metrics = Metrics()
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
 
     @model_validator(mode="after")
@@ -214,10 +229,13 @@ def _dotted(location: list[str] | tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
-_KNOWN_KEYS: dict[str, list[str]] = {
-    model.__name__: list(model.model_fields)
-    for model in (GatewayConfig, Endpoint, Variant, Sticky, Batching, InferenceLog)
-}
+_KNOWN_KEYS = sorted(
+    {
+        key
+        for model in (GatewayConfig, Endpoint, Variant, Sticky, Batching, InferenceLog, Metrics)
+        for key in model.model_fields
+    }
+)
 
 
 def _describe(error: Any) -> str:
@@ -231,8 +249,7 @@ def _describe(error: Any) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         key = str(location[-1]) if location else ""
-        candidates = sorted({name for names in _KNOWN_KEYS.values() for name in names})
-        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.6)
         hint = f" (did you mean `{close[0]}`?)" if close else ""
         return f"{where}: unknown key{hint}"
     if kind == "missing":
@@ -245,7 +262,7 @@ def _describe(error: Any) -> str:
         message = re.sub(r"^(Value error|Assertion failed), ", "", error["msg"])
         message = message[0].lower() + message[1:] if message else message
     value = error.get("input")
-    if isinstance(value, dict | list):
+    if isinstance(value, dict | list) or "secret" in where:
         return f"{where}: {message}"
     return f"{where}: {message}, got {value!r}"
 
@@ -262,7 +279,7 @@ _MESSAGES: dict[str, str] = {
     "bool_parsing": "must be true or false",
     "bool_type": "must be true or false",
     "string_type": "must be a string",
-    "string_too_short": "must not be empty",
+    "string_too_short": "must have at least {min_length} character(s)",
     "string_pattern_mismatch": "must be letters, digits, `.`, `_` or `-`",
     "literal_error": "must be one of {expected}",
     "too_short": "must have at least {min_length} item(s)",

@@ -76,6 +76,7 @@ def _serve_here(
     log_level: str,
     log_format: LogFormat,
     on_ready: Callable[[], None] | None = None,
+    peers_ready: Callable[[], bool] | None = None,
 ) -> int:
     configure_logging(log_level, log_format)
     failed = threading.Event()
@@ -84,7 +85,7 @@ def _serve_here(
         failed.set()
         server.should_exit = True
 
-    app = create_app(config, on_fatal=fatal, on_ready=on_ready)
+    app = create_app(config, on_fatal=fatal, on_ready=on_ready, peers_ready=peers_ready)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -101,9 +102,20 @@ def _serve_here(
 
 
 def _worker(
-    config: GatewayConfig, sock: socket.socket, log_level: str, log_format: LogFormat
+    config: GatewayConfig,
+    sock: socket.socket,
+    log_level: str,
+    log_format: LogFormat,
+    readiness: Any,
+    index: int,
 ) -> None:
-    sys.exit(_serve_here(config, sock, log_level, log_format))
+    def ready() -> None:
+        readiness[index] = 1
+
+    def all_ready() -> bool:
+        return all(readiness)
+
+    sys.exit(_serve_here(config, sock, log_level, log_format, ready, all_ready))
 
 
 def _supervise(
@@ -113,6 +125,9 @@ def _supervise(
     configure_logging(log_level, log_format)
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
+    # One flag a worker, set once its models are loaded: /health on any worker is 200 only when
+    # all are, so a readiness probe never sends traffic to a pod with a worker still loading.
+    readiness = context.Array("b", workers, lock=False)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         stopping.set()
@@ -121,9 +136,10 @@ def _supervise(
         signal.signal(signum, stop)
 
     def start(index: int) -> tuple[BaseProcess, float]:
+        readiness[index] = 0
         process = context.Process(
             target=_worker,
-            args=(config, sock, log_level, log_format),
+            args=(config, sock, log_level, log_format, readiness, index),
             name=f"gateway-worker-{index}",
         )
         process.start()

@@ -1,0 +1,203 @@
+"""The `gateway` command as ops run it: start-up errors, `--workers 2`, and a graceful stop."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from gateway.config import GatewayConfig
+from tests.integration.conftest import free_port, split_payload, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROWS: list[list[object]] = [[3, 89.5, 4, "basic"], [48, 30.0, 0, "pro"]]
+
+
+class GatewayProcess:
+    """`python -m gateway ...` as a subprocess, its stderr collected as it comes."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**_inherited(), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def url(self) -> str:
+        found: list[str] = []
+
+        def listening() -> bool:
+            found.extend(re.findall(r"listening on (http://\S+)", self.output))
+            return bool(found) or self.process.poll() is not None
+
+        wait_until(listening, "the gateway to listen")
+        assert found, self.output
+        return found[0]
+
+    def wait(self, timeout: float = 120) -> int:
+        code = self.process.wait(timeout)
+        self._reader.join(10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+
+def _inherited() -> dict[str, str]:
+    """This process's environment without the registry URIs that MLflow exported into it."""
+    leaked = {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"}
+    return {key: value for key, value in os.environ.items() if key not in leaked}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, make_config: Callable[..., GatewayConfig]) -> Callable[..., Path]:
+    def write(endpoints: list[dict[str, object]] | None = None, **extra: object) -> Path:
+        config = make_config(endpoints, **extra)
+        path = tmp_path / "gateway.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def served() -> Iterator[list[GatewayProcess]]:
+    processes: list[GatewayProcess] = []
+    yield processes
+    for gateway in processes:
+        if gateway.process.poll() is None:
+            gateway.process.kill()
+            gateway.wait()
+
+
+def test_bad_config_exits_2_listing_every_problem_before_binding(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "endpoints:\n  - name: churn\n    modle: churn\n    variants: [{alias: champion, weight: -5}]\n"
+    )
+    port = free_port()
+    gateway = GatewayProcess("serve", "--config", str(path), "--port", str(port))
+    assert gateway.wait() == 2
+    assert "endpoints[0].model: required" in gateway.output
+    assert "endpoints[0].variants[0].weight: must be a number >= 0, got -5" in gateway.output
+    assert "endpoints[0].modle: unknown key (did you mean `model`?)" in gateway.output
+    assert "listening" not in gateway.output
+
+
+@pytest.mark.parametrize(
+    ("variants", "model", "expected"),
+    [
+        (
+            [{"alias": "champion"}, {"alias": "canary"}],
+            "churn",
+            "variant canary: models:/churn@canary",
+        ),
+        ([{"version": 99}], "churn", "variant v99: models:/churn/99"),
+        (
+            [{"alias": "champion"}],
+            "no-such-model",
+            "variant champion: models:/no-such-model@champion",
+        ),
+    ],
+)
+def test_a_missing_alias_version_or_model_exits_1_naming_it(
+    write_config: Callable[..., Path], variants: list[dict[str, object]], model: str, expected: str
+) -> None:
+    path = write_config([{"name": "churn", "model": model, "variants": variants}])
+    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0")
+    assert gateway.wait() == 1
+    assert f"error: endpoint churn {expected}" in gateway.output
+    assert "(registry sqlite:///" in gateway.output
+    assert "listening" not in gateway.output
+
+
+def test_an_unreachable_registry_exits_1_naming_its_uri(write_config: Callable[..., Path]) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    path = write_config(tracking_uri=uri)
+    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0")
+    assert gateway.wait() == 1
+    assert f"endpoint churn variant champion: models:/churn@champion (registry {uri}): " in gateway.output
+    assert "Connection refused" in gateway.output
+
+
+def test_check_prints_what_each_variant_resolves_to(write_config: Callable[..., Path]) -> None:
+    gateway = GatewayProcess("check", "--config", str(write_config()))
+    assert gateway.wait() == 0
+    assert "churn\tchampion\tmodels:/churn/1\tweight 90" in gateway.output
+    assert "churn\tchallenger\tmodels:/churn/2\tweight 10" in gateway.output
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_that_cannot_be_loaded_stops_the_gateway_with_the_reason(
+    write_config: Callable[..., Path], workers: str
+) -> None:
+    env = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    gateway = GatewayProcess(
+        "serve", "--config", str(write_config()), "--port", "0", "--workers", workers, env=env
+    )
+    assert gateway.wait() != 0
+    assert "cannot serve: models:/churn/1" in gateway.output
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" in gateway.output
+
+
+def test_two_workers_serve_correct_predictions_and_stop_gracefully(
+    write_config: Callable[..., Path], served: list[GatewayProcess]
+) -> None:
+    gateway = GatewayProcess(
+        "serve", "--config", str(write_config()), "--port", "0", "--workers", "2"
+    )
+    served.append(gateway)
+    url = gateway.url()
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "both workers' models")
+    expected: dict[str, bytes] = {}
+    with httpx.Client() as client:
+        for version, variant in (("1", "champion"), ("2", "challenger")):
+            response = client.post(
+                f"{url}/invocations",
+                json=split_payload(ROWS),
+                headers={"x-gateway-variant": variant},
+            )
+            assert response.headers["x-gateway-model-version"] == version
+            expected[variant] = response.content
+    # New connections land on either worker; every answer is the forced variant's.
+    for n in range(40):
+        variant = ("champion", "challenger")[n % 2]
+        with httpx.Client() as client:
+            response = client.post(
+                f"{url}/invocations",
+                json=split_payload(ROWS),
+                headers={"x-gateway-variant": variant},
+            )
+        assert (response.status_code, response.content) == (200, expected[variant])
+    assert gateway.output.count("all models loaded; ready") == 2
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.wait() == 0
+
+
+def test_version_flag_prints_the_version() -> None:
+    from gateway import __version__
+
+    gateway = GatewayProcess("--version")
+    assert gateway.wait() == 0
+    assert gateway.output.strip() == f"gateway {__version__}"

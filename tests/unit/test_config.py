@@ -1,0 +1,185 @@
+"""The config contract: shape, defaults, GATEWAY_* overrides, and errors that name the bad key."""
+
+import textwrap
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+GOOD = textwrap.dedent(
+    """
+    tracking_uri: sqlite:///mlflow.db
+    endpoints:
+      - name: churn
+        model: prod.ml.churn
+        variants:
+          - {alias: champion, weight: 90}
+          - {alias: challenger, weight: 10}
+        shadow: [candidate]
+        sticky: {header: X-User-Id}
+        refresh_seconds: 30
+        batching: {max_batch_size: 32, max_wait_ms: 2}
+      - name: fraud
+        model: fraud
+        variants:
+          - {version: 7}
+          - {stage: Production, weight: 0}
+    inference_log:
+      dir: ./inference-logs
+    """
+)
+
+
+def problems_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, environ or {})
+    return caught.value.problems
+
+
+def test_design_example_loads_with_every_documented_key() -> None:
+    config = parse_config(GOOD, {})
+    churn, fraud = config.endpoints
+    assert churn.model == "prod.ml.churn"
+    assert [(v.variant_name, v.weight) for v in churn.variants] == [
+        ("champion", 90),
+        ("challenger", 10),
+    ]
+    assert churn.shadow == ("candidate",)
+    assert churn.sticky is not None
+    assert churn.sticky.header == "X-User-Id"
+    assert churn.batching is not None
+    assert churn.batching.max_batch_size == 32
+    assert [v.variant_name for v in fraud.variants] == ["v7", "production"]
+    assert [v.reference for v in fraud.variants] == ["/7", "/Production"]
+
+
+def test_defaults_leave_the_tracking_uri_to_mlflow() -> None:
+    config = parse_config("endpoints: [{name: a, model: a, variants: [{alias: champion}]}]", {})
+    assert config.tracking_uri is None
+    assert config.registry_uri is None
+    endpoint = config.endpoints[0]
+    assert (endpoint.refresh_seconds, endpoint.allow_override, endpoint.variants[0].weight) == (
+        30.0,
+        True,
+        1,
+    )
+    assert config.inference_log.user_key_secret is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "read"),
+    [
+        ("GATEWAY_TRACKING_URI", "http://mlflow:5000", lambda c: c.tracking_uri),
+        ("GATEWAY_ENDPOINTS__0__REFRESH_SECONDS", "5", lambda c: c.endpoints[0].refresh_seconds),
+        (
+            "GATEWAY_ENDPOINTS__0__VARIANTS__1__WEIGHT",
+            "50",
+            lambda c: c.endpoints[0].variants[1].weight,
+        ),
+        ("GATEWAY_INFERENCE_LOG__DIR", "/var/log/gw", lambda c: c.inference_log.dir),
+        ("GATEWAY_ENDPOINTS__1__ALLOW_OVERRIDE", "false", lambda c: c.endpoints[1].allow_override),
+    ],
+)
+def test_environment_overrides_any_value(variable: str, value: str, read: object) -> None:
+    config = parse_config(GOOD, {variable: value})
+    assert callable(read)
+    assert str(read(config)).lower() == value.lower() or read(config) == float(value)
+
+
+def test_command_line_variables_are_not_config_keys() -> None:
+    config = parse_config(GOOD, {"GATEWAY_PORT": "9000", "GATEWAY_CONFIG": "x.yaml", "OTHER": "1"})
+    assert config.tracking_uri == "sqlite:///mlflow.db"
+
+
+def test_an_override_of_a_missing_list_entry_is_reported() -> None:
+    assert problems_of(GOOD, {"GATEWAY_ENDPOINTS__5__MODEL": "x"}) == [
+        "GATEWAY_ENDPOINTS__5__MODEL: no setting at endpoints[5]"
+    ]
+
+
+def test_every_problem_is_listed_with_its_path_at_once() -> None:
+    problems = problems_of(
+        textwrap.dedent(
+            """
+            endpoints:
+              - name: churn
+                modle: churn
+                variants:
+                  - {alias: champion, weight: -5}
+                  - {alias: challenger, version: 3}
+                  - {stage: Prod}
+                sticky: {header: a, field: b}
+            """
+        )
+    )
+    assert problems == [
+        "endpoints[0].model: required",
+        "endpoints[0].variants[0].weight: must be a number >= 0, got -5",
+        "endpoints[0].variants[1]: give exactly one of `alias`, `version` or `stage`, got ['alias', 'version']",
+        "endpoints[0].variants[2].stage: must be one of 'Production' or 'Staging', got 'Prod'",
+        "endpoints[0].sticky: give exactly one of `header` or `field`",
+        "endpoints[0].modle: unknown key (did you mean `model`?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("endpoints: []", "endpoints: must have at least 1 item(s)"),
+        ("{}", "endpoints: required"),
+        ("- a\n- b", "the top level must be a mapping, got list"),
+        ("endpoints: [", "not valid YAML"),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x, weight: 0}]}]",
+            "endpoints[0]: at least one variant needs a weight above 0",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}, {alias: x}]}]",
+            "endpoints[0]: variant names must be unique, repeated: x",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}], shadow: [x]}]",
+            "endpoints[0]: a shadow alias cannot also be a variant: x",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}]}, {name: a, model: b, variants: [{alias: x}]}]",
+            "(top level): endpoint names must be unique, repeated: a",
+        ),
+        (
+            "endpoints: [{name: 'a b', model: a, variants: [{alias: x}]}]",
+            "endpoints[0].name: must be letters",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x, weight: many}]}]",
+            "weight: must be an integer, got 'many'",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}], refresh_seconds: 0}]",
+            "refresh_seconds: must be a number > 0",
+        ),
+        (
+            "tracking_ur: x\nendpoints: [{name: a, model: a, variants: [{alias: x}]}]",
+            "tracking_ur: unknown key (did you mean `tracking_uri`?)",
+        ),
+    ],
+)
+def test_bad_config_names_the_problem(text: str, problem: str) -> None:
+    assert any(problem in found for found in problems_of(text)), problems_of(text)
+
+
+def test_a_secret_is_never_echoed_in_an_error() -> None:
+    text = "endpoints: [{name: a, model: a, variants: [{alias: x}]}]\ninference_log: {user_key_secret: hunter2}"
+    problems = problems_of(text)
+    assert problems == ["inference_log.user_key_secret: must have at least 16 character(s)"]
+
+
+def test_load_config_reports_an_unreadable_file(tmp_path: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config("/nonexistent/gateway.yaml", {})
+    assert "cannot read the file" in str(caught.value)
+
+
+def test_config_is_frozen() -> None:
+    config = parse_config(GOOD, {})
+    with pytest.raises(ValueError, match="frozen"):
+        config.endpoints[0].variants[0].weight = 5  # type: ignore[misc]

@@ -1,0 +1,175 @@
+"""The scoring protocol's parsing and encoding, with an in-memory model signature."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from gateway import payload
+from gateway.errors import GatewayError
+
+SCHEMA = Schema([ColSpec("long", "age"), ColSpec("double", "income"), ColSpec("string", "plan")])
+METADATA = Model(signature=ModelSignature(inputs=SCHEMA))
+
+
+def error_of(call: object, *args: object) -> GatewayError:
+    assert callable(call)
+    with pytest.raises(GatewayError) as caught:
+        call(*args)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("application/json", payload.Format.JSON),
+        ("application/json; charset=utf-8", payload.Format.JSON),
+        ("application/json;charset=UTF-8", payload.Format.JSON),
+        ('application/json; charset="utf-8"', payload.Format.JSON),
+        ("Application/JSON", payload.Format.JSON),
+        ("text/csv", payload.Format.CSV),
+        ("text/csv; charset=utf-8", payload.Format.CSV),
+        ("application/vnd.apache.parquet", payload.Format.PARQUET),
+    ],
+)
+def test_supported_media_types_are_recognised(content_type: str, expected: payload.Format) -> None:
+    assert payload.parse_media_type(content_type) is expected
+
+
+@pytest.mark.parametrize(
+    ("content_type", "message"),
+    [
+        (None, "A Content-Type header is required"),
+        ("", "A Content-Type header is required"),
+        ("text/plain", "only supports the following content types"),
+        ("application/json; charset=latin-1", "only supports UTF-8"),
+        ("application/json; format=pandas-split", "Unrecognized content type parameters: format"),
+    ],
+)
+def test_unsupported_media_types_are_415(content_type: str | None, message: str) -> None:
+    error = error_of(payload.parse_media_type, content_type)
+    assert (error.status_code, error.error_code) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    assert message in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "valid JSON formatted string"),
+        (b"{", "valid JSON formatted string"),
+        (b"[1, 2]", "Received a list"),
+        (b"42", "Received unexpected input type 'int'"),
+        (b'{"a": "\xff"}', "valid UTF-8 encoded string"),
+        (b"[" * 200_000 + b"]" * 200_000, ""),
+    ],
+)
+def test_bad_json_is_a_400_that_does_not_quote_the_body(body: bytes, message: str) -> None:
+    error = error_of(payload.decode_json, body)
+    assert (error.status_code, error.error_code) == (400, "BAD_REQUEST")
+    assert message in error.message
+    assert "\\xff" not in error.message
+    assert "[[[" not in error.message
+
+
+def test_json_formats_give_the_same_frame() -> None:
+    rows = [[30, 1000.5, "pro"], [40, 2000.0, "basic"]]
+    documents = [
+        {"dataframe_split": {"columns": ["age", "income", "plan"], "data": rows}},
+        {
+            "dataframe_records": [
+                {"age": 30, "income": 1000.5, "plan": "pro"},
+                {"age": 40, "income": 2000.0, "plan": "basic"},
+            ]
+        },
+        {"inputs": {"age": [30, 40], "income": [1000.5, 2000.0], "plan": ["pro", "basic"]}},
+    ]
+    frames = [payload.parse_json(document, METADATA, SCHEMA).data for document in documents]
+    for frame in frames[:2]:
+        assert isinstance(frame, pd.DataFrame)
+        assert frame["age"].dtype == np.int64
+        assert list(frame["plan"]) == ["pro", "basic"]
+
+
+def test_params_are_passed_through() -> None:
+    document = {"dataframe_records": [{"age": 1, "income": 1.0, "plan": "pro"}], "params": {"k": 3}}
+    assert payload.parse_json(document, METADATA, SCHEMA).params == {"k": 3}
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({}, "Received dictionary with keys: none"),
+        ({"data": []}, "Received dictionary with keys: 'data'"),
+        ({"inputs": [], "instances": []}, "keys: 'inputs', 'instances'"),
+        ({"inputs": [[1, 1.0, "a"]], "params": [1]}, "`params` must be a JSON object"),
+    ],
+)
+def test_wrong_keys_are_a_400_naming_the_accepted_ones(
+    document: dict[str, object], message: str
+) -> None:
+    error = error_of(payload.parse_json, document, METADATA, SCHEMA)
+    assert error.status_code == 400
+    assert message in error.message
+    assert (
+        "dataframe_split, dataframe_records, instances, inputs" in error.message
+        or "params" in message
+    )
+
+
+def test_a_cast_failure_names_the_column_but_not_the_value() -> None:
+    document = {"dataframe_records": [{"age": "secret-value", "income": 1.0, "plan": "pro"}]}
+    error = error_of(payload.parse_json, document, METADATA, SCHEMA)
+    assert "Failed to convert column age to type 'int64'" in error.message
+    assert "secret-value" not in error.message
+    assert error.classification == {"sqlstate": "KAM00", "error_class": "INVALID_PARAMETER_VALUE"}
+
+
+def test_csv_is_typed_by_the_signature() -> None:
+    frame = payload.parse_csv(b"age,income,plan\n30,1.5,pro\n", SCHEMA).data
+    assert frame["age"].dtype == np.int64
+    assert frame["income"].dtype == np.float64
+
+
+def test_parquet_round_trips() -> None:
+    frame = pd.DataFrame({"age": [1, 2], "income": [1.0, 2.0], "plan": ["a", "b"]})
+    parsed = payload.parse_parquet(frame.to_parquet()).data
+    pd.testing.assert_frame_equal(parsed, frame)
+
+
+def test_garbage_parquet_is_a_400() -> None:
+    assert error_of(payload.parse_parquet, b"not parquet").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (np.array([0, 1, 1]), b'{"predictions": [0, 1, 1]}'),
+        (np.array([[0.25, 0.75]]), b'{"predictions": [[0.25, 0.75]]}'),
+        (pd.DataFrame({"a": [1, 2]}), b'{"predictions": [{"a": 1}, {"a": 2}]}'),
+        # MLflow writes a Series as records of its one column, named "0".
+        (pd.Series([1.5]), b'{"predictions": [{"0": 1.5}]}'),
+        ([1, "x"], b'{"predictions": [1, "x"]}'),
+    ],
+)
+def test_predictions_encode_as_mlflow_does(raw: object, expected: bytes) -> None:
+    assert payload.encode_predictions(raw) == expected
+
+
+def test_a_schema_error_in_predict_drops_the_quoted_data() -> None:
+    exc = MlflowException.invalid_parameter_value(
+        "Failed to enforce schema of data '   age\n0  41' with schema '['age': long]'. Error: Model is missing inputs ['plan']."
+    )
+    error = payload.predict_error(exc)
+    assert error.error_code == "INVALID_PARAMETER_VALUE"
+    assert error.message == (
+        "Failed to predict data. Error: Failed to enforce the model's schema '['age': long]'. "
+        "Error: Model is missing inputs ['plan']."
+    )
+
+
+def test_any_other_predict_failure_is_a_generic_400() -> None:
+    error = payload.predict_error(ZeroDivisionError("model bug with data 123"))
+    assert (error.status_code, error.error_code) == (400, "BAD_REQUEST")
+    assert "123" not in error.message

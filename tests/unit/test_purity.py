@@ -1,0 +1,41 @@
+"""The pure core imports no web framework, server, metrics or registry client."""
+
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN = (
+    "uvicorn",
+    "httpx",
+    "prometheus_client",
+    "gateway.registry",
+    "gateway.app",
+    "gateway.server",
+)
+# mlflow.pyfunc imports starlette (through fastapi) itself, so payload cannot be checked for it;
+# ruff's banned-api rule keeps the gateway's own starlette imports in app.py.
+NO_WEB = ("starlette", "fastapi")
+
+
+@pytest.mark.parametrize(
+    ("module", "also_forbidden"),
+    [
+        ("gateway.config", ("mlflow", "pandas", *NO_WEB)),
+        ("gateway.errors", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.payload", ()),
+    ],
+)
+def test_pure_module_imports_nothing_with_side_effects(
+    module: str, also_forbidden: tuple[str, ...]
+) -> None:
+    code = (
+        f"import sys, {module}\n"
+        f"bad = [m for m in {FORBIDDEN + also_forbidden!r} if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
