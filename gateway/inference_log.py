@@ -1,0 +1,376 @@
+"""The inference log: records built by a pure function, written as rotated JSON Lines by a thread.
+
+The log is data, not logging: records never go through the `logging` module. The request path
+calls `submit`, which never blocks; one background thread writes batches to
+`{directory}/{prefix}-{hostname}-{pid}-{start}-{sequence}.jsonl`, where `prefix` defaults to
+`inference`, `start` is the writer's UTC start time as `%Y%m%dT%H%M%SZ` and `sequence` is a
+four-digit counter from `0001`, raised for every new file. A new file is started when the current
+one would pass `rotate_bytes` (a single larger record gets a file of its own) or, before a batch,
+when it is `rotate_seconds` old; and after a write error. Host, pid, start time and sequence keep
+every worker and replica on files of its own, and a name that exists already is never reused, so
+no file is ever written by two writers. A gap in the sequence marks a file that could not be
+created. Readers take `*.jsonl` of the directory.
+
+The thread is a daemon so that a writer nobody closed never holds up the interpreter's exit;
+`close()` is what makes a graceful stop lossless, and it is also registered with `atexit`.
+"""
+
+import atexit
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import queue
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Final
+
+from gateway.routing import Routing
+
+logger = logging.getLogger(__name__)
+
+DROP_QUEUE_FULL: Final = "queue_full"
+DROP_WRITE_ERROR: Final = "write_error"
+
+_BATCH_SIZE: Final = 512
+_WARNING_INTERVAL_SECONDS: Final = 10.0
+_SAMPLE_PERSON: Final = b"gw-log-sample-v1"  # at most 16 bytes
+_TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})
+
+
+def user_key_hash(user_key: str, secret: bytes) -> str:
+    """HMAC-SHA256 of the user key under `secret`, 32 hex digits: not reversible by a dictionary."""
+    digest = hmac.new(secret, user_key.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def should_sample(request_id: str, rate: float) -> bool:
+    """Whether to log a request: a pure function of its id, true for about `rate` of all ids."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"sample rate: must be between 0 and 1, got {rate!r}")
+    if rate == 1.0:
+        return True
+    digest = hashlib.blake2b(
+        request_id.encode("utf-8", "surrogatepass"), digest_size=8, person=_SAMPLE_PERSON
+    )
+    return int.from_bytes(digest.digest(), "big") < rate * 2.0**64
+
+
+def build_record(
+    *,
+    request_id: str,
+    timestamp: float,
+    endpoint: str,
+    model: str,
+    variant: str,
+    model_version: str | None,
+    routing: str,
+    user_key_hash: str | None,
+    status_code: int,
+    duration_ms: float,
+    request_body: bytes,
+    content_type: str | None,
+    response_body: bytes | None,
+    error: str | None,
+    max_payload_bytes: int | None,
+) -> dict[str, Any]:
+    """One inference-log record; bodies are stored as raw text, not parsed, to spare the request path.
+
+    `timestamp` is seconds since the epoch. A JSON or CSV request is stored as its UTF-8 text,
+    anything else (Parquet) as base64, as `request_encoding` says. Each body is cut to
+    `max_payload_bytes` (None: no cap) on a UTF-8 character boundary, and `truncated` tells.
+    """
+    request, request_truncated = _cut(request_body, max_payload_bytes)
+    request_text, encoding = _request_text(request, content_type, request_truncated)
+    response_text = None
+    response_truncated = False
+    if response_body is not None:
+        response, response_truncated = _cut(response_body, max_payload_bytes)
+        if response_truncated:
+            response = _whole_characters(response)
+        response_text = response.decode("utf-8", "replace")
+    return {
+        "request_id": request_id,
+        "timestamp": datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "endpoint": endpoint,
+        "model": model,
+        "variant": variant,
+        "model_version": model_version,
+        "routing": Routing(routing).value,
+        "user_key_hash": user_key_hash,
+        "status_code": int(status_code),
+        "duration_ms": round(float(duration_ms), 3),
+        "request": request_text,
+        "request_encoding": encoding,
+        "response": response_text,
+        "error": error,
+        "truncated": request_truncated or response_truncated,
+    }
+
+
+def _cut(body: bytes, limit: int | None) -> tuple[bytes, bool]:
+    if limit is None or len(body) <= limit:
+        return body, False
+    return body[:limit], True
+
+
+def _request_text(body: bytes, content_type: str | None, truncated: bool) -> tuple[str, str]:
+    """The request as text and its encoding: UTF-8 for JSON and CSV, base64 for anything else."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type in _TEXT_MEDIA_TYPES or media_type.startswith("text/"):
+        with contextlib.suppress(UnicodeDecodeError):
+            return (_whole_characters(body) if truncated else body).decode("utf-8"), "utf-8"
+    return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """`data` without a UTF-8 character that a cut at its end split in two."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            return data[:-back] if _sequence_length(byte) > back else data
+    return data
+
+
+def _sequence_length(lead: int) -> int:
+    """How many bytes a UTF-8 character with this first byte has (1 for an invalid one)."""
+    for length, (mask, value) in enumerate(((0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0)), start=2):
+        if lead & mask == value:
+            return length
+    return 1
+
+
+def _open_new(path: Path) -> IO[str]:
+    # "x": fail rather than append to a file that another writer made.
+    return open(path, "x", encoding="utf-8", newline="\n")
+
+
+class InferenceLogWriter:
+    """A bounded queue of records and the one thread that writes them to rotated JSON Lines files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_queue: int = 10_000,
+        rotate_bytes: int = 64 * 1024 * 1024,
+        rotate_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
+        on_drop: Callable[[str, int], None] | None = None,
+        file_prefix: str | None = None,
+        opener: Callable[[Path], IO[str]] | None = None,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError(f"max_queue: must be at least 1, got {max_queue}")
+        self._directory = directory
+        self._max_queue = max_queue
+        # One slot above max_queue is kept for the stop marker, so close() never waits for room.
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(max_queue + 1)
+        self._rotate_bytes = rotate_bytes
+        self._rotate_seconds = rotate_seconds
+        self._clock = clock
+        self._on_drop = on_drop
+        self._prefix = file_prefix or "inference"
+        self._opener = opener or _open_new
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+        self._written = 0
+        self._unreported: dict[str, int] = {}
+        self._last_warning: dict[str, float] = {}
+        # Owned by the writer thread.
+        self._stem = ""
+        self._sequence = 0
+        self._handle: IO[str] | None = None
+        self._file_bytes = 0
+        self._opened_at = 0.0
+
+    @property
+    def dropped(self) -> int:
+        """Records lost since the start: queue full or write errors."""
+        return self._dropped
+
+    @property
+    def written(self) -> int:
+        """Records handed to the operating system."""
+        return self._written
+
+    def queue_depth(self) -> int:
+        """Records waiting to be written."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Create the directory and start the writer thread."""
+        if self._thread is not None or self._closed:
+            raise RuntimeError("an inference-log writer starts once, and not after close()")
+        self._directory.mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._clock()))
+        host = re.sub(r"[^A-Za-z0-9._-]+", "_", socket.gethostname()) or "host"
+        self._stem = f"{self._prefix}-{host}-{os.getpid()}-{started}"
+        self._thread = threading.Thread(target=self._run, name="gateway-inference-log", daemon=True)
+        with self._lock:
+            self._accepting = True
+        self._thread.start()
+        atexit.register(self.close)
+
+    def submit(self, record: dict[str, Any]) -> bool:
+        """Queue a record without blocking; False if it was dropped or the writer is not running."""
+        with self._lock:
+            if not self._accepting:
+                return False
+            if self._queue.qsize() < self._max_queue:
+                self._queue.put_nowait(record)
+                return True
+        self._drop(DROP_QUEUE_FULL, 1)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop accepting, write everything queued, fsync and close the file; idempotent."""
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            self._accepting = False
+        if self._thread is None:
+            return
+        if first:
+            atexit.unregister(self.close)
+            self._queue.put_nowait(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning(
+                "inference log: the writer did not finish within %.1f s; %d record(s) still queued",
+                timeout,
+                self.queue_depth(),
+            )
+
+    def _drop(self, reason: str, count: int, cause: object = None) -> None:
+        """Count lost records, tell `on_drop`, and warn at most once per interval per reason."""
+        now = self._clock()
+        with self._lock:
+            self._dropped += count
+            total = self._dropped
+            unreported = self._unreported.get(reason, 0) + count
+            last = self._last_warning.get(reason)
+            due = last is None or now - last >= _WARNING_INTERVAL_SECONDS
+            self._unreported[reason] = 0 if due else unreported
+            if due:
+                self._last_warning[reason] = now
+        if due:
+            logger.warning(
+                "inference log: dropped %d record(s) (%s%s); %d dropped since the start",
+                unreported,
+                reason,
+                "" if cause is None else f": {cause}",
+                total,
+            )
+        if self._on_drop is not None:
+            self._on_drop(reason, count)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._take_batch()
+            try:
+                self._write_batch(batch)
+            except Exception:  # the last guard: the thread must outlive any one batch
+                logger.exception("inference log: a batch of %d record(s) failed", len(batch))
+        try:
+            self._finish_file()
+        except OSError as exc:
+            logger.warning("inference log: could not flush and close the last file: %s", exc)
+
+    def _take_batch(self) -> tuple[list[dict[str, Any]], bool]:
+        """Wait for one record, then take what else is queued, up to a batch; True at the end."""
+        first = self._queue.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < _BATCH_SIZE:
+            try:
+                record = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if record is None:
+                return batch, True
+            batch.append(record)
+        return batch, False
+
+    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+        lines: list[tuple[str, int]] = []
+        for record in batch:
+            try:
+                line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+                lines.append((line + "\n", len(line.encode("utf-8")) + 1))
+            except Exception as exc:  # one record that cannot be encoded must not cost the others
+                self._drop(DROP_WRITE_ERROR, 1, exc)
+        written_before = self._written
+        try:
+            self._write_lines(lines)
+        except Exception as exc:  # disk full, directory gone, a broken opener: drop and go on
+            self._abandon_file()
+            self._drop(DROP_WRITE_ERROR, len(lines) - (self._written - written_before), exc)
+
+    def _write_lines(self, lines: list[tuple[str, int]]) -> None:
+        if not lines:
+            return
+        if self._handle is not None and self._clock() - self._opened_at >= self._rotate_seconds:
+            self._finish_file()
+        unflushed = 0
+        for line, size in lines:
+            # A file always takes its first line, so one larger record gets a file of its own.
+            full = self._file_bytes > 0 and self._file_bytes + size > self._rotate_bytes
+            if self._handle is not None and full:
+                self._finish_file()
+                self._written += unflushed
+                unflushed = 0
+            handle = self._handle if self._handle is not None else self._open_next()
+            handle.write(line)
+            self._file_bytes += size
+            unflushed += 1
+        if self._handle is not None:
+            self._handle.flush()
+        self._written += unflushed
+
+    def _open_next(self) -> IO[str]:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        while True:
+            self._sequence += 1
+            path = self._directory / f"{self._stem}-{self._sequence:04d}.jsonl"
+            try:
+                handle = self._opener(path)
+            except FileExistsError:
+                continue
+            self._handle, self._file_bytes, self._opened_at = handle, 0, self._clock()
+            return handle
+
+    def _finish_file(self) -> None:
+        """Flush, fsync and close the current file; raises OSError if that fails."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            handle.flush()
+            with contextlib.suppress(io.UnsupportedOperation):
+                os.fsync(handle.fileno())
+        finally:
+            handle.close()
+
+    def _abandon_file(self) -> None:
+        """Close a file that failed; the next batch starts a new one."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                handle.close()
