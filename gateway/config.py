@@ -129,6 +129,8 @@ class GatewayConfig(_Model):
     inference_log: InferenceLog = InferenceLog()
     metrics: Metrics = Metrics()
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:
