@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -17,12 +18,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import __version__
+from gateway import __version__, metrics
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
+from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
 from gateway.registry import Registry
-from gateway.service import InvocationService, Outcome
+from gateway.service import InvocationService
 
 logger = logging.getLogger(__name__)
 
@@ -37,40 +39,50 @@ def create_app(
     on_fatal: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     peers_ready: Callable[[], bool] | None = None,
+    log_writer: InferenceLogWriter | None = None,
     predict_threads: int = 4,
 ) -> Starlette:
     """The gateway's ASGI app; models load in the background once the lifespan starts.
 
     `on_ready` and `on_fatal` are called when loading succeeds or fails; `peers_ready` tells
-    whether the other worker processes of this server are ready too.
+    whether the other worker processes of this server are ready too; `log_writer` replaces the
+    inference-log writer that the config describes.
     """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(predict_threads, thread_name_prefix="gateway-predict")
+        writer = log_writer if log_writer is not None else _log_writer(config)
+        if writer is not None:
+            writer.start()
         pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
         app.state.pool = pool
-        app.state.service = InvocationService(config, pool, executor)
+        app.state.service = InvocationService(config, pool, executor, log_writer=writer)
         loading = asyncio.create_task(asyncio.to_thread(pool.load_all))
         loading.add_done_callback(_report_loading(on_ready, on_fatal))
         try:
             yield
         finally:
+            # uvicorn has drained in-flight requests by now: every record is queued.
             loading.cancel()
             executor.shutdown(wait=True, cancel_futures=False)
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
 
     async def invocations(request: Request) -> Response:
-        request_id = _request_id(request.headers.get("x-request-id"))
         service: InvocationService = request.app.state.service
-        try:
-            endpoint = service.endpoint(request.path_params.get("name"))
-            body = await _read_body(request, config.max_request_bytes)
-            outcome = await service.invoke(
-                endpoint, body, request.headers.get("content-type"), request.headers
-            )
-        except GatewayError as error:
-            return _error_response(error, {"x-request-id": request_id})
-        return Response(outcome.body, media_type=JSON, headers=_served_headers(request_id, outcome))
+        reply = await service.handle(
+            request.path_params.get("name"),
+            lambda: _read_body(request, config.max_request_bytes),
+            request.headers.get("content-type"),
+            request.headers,
+            _request_id(request.headers.get("x-request-id")),
+        )
+        return Response(reply.body, reply.status_code, reply.headers, media_type=JSON)
+
+    async def metrics_text(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
 
     async def ping(request: Request) -> Response:
         return Response("\n", media_type=JSON)
@@ -111,6 +123,7 @@ def create_app(
             Route("/health", health, methods=["GET"]),
             Route("/version", version, methods=["GET"]),
             Route("/endpoints", endpoints, methods=["GET"]),
+            *([Route("/metrics", metrics_text, methods=["GET"])] if config.metrics.enabled else []),
         ],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -161,12 +174,22 @@ def _request_id(given: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def _served_headers(request_id: str, outcome: Outcome) -> dict[str, str]:
-    return {
-        "x-request-id": request_id,
-        "x-gateway-variant": outcome.decision.variant,
-        "x-gateway-model-version": outcome.model_version,
-    }
+def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
+    settings = config.inference_log
+    if not settings.enabled:
+        return None
+    if settings.user_key_secret is None and any(e.sticky for e in config.endpoints):
+        logger.warning(
+            "inference log: no user_key_secret is set, so records carry no user_key_hash "
+            "(set GATEWAY_INFERENCE_LOG__USER_KEY_SECRET)"
+        )
+    return InferenceLogWriter(
+        Path(settings.dir),
+        max_queue=settings.max_queue,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_seconds=settings.rotate_seconds,
+        on_drop=metrics.count_log_drop if config.metrics.enabled else None,
+    )
 
 
 def _json(

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check and demo."""
+"""The `gateway` command: serve, check, logs summary and demo."""
 
 import argparse
 import logging
@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = _parser(environ).parse_args(argv)
     if args.command == "demo":
         return _demo(args, environ)
+    if args.command == "logs":
+        return _logs_summary(args)
     try:
         config = load_config(args.config, environ)
     except ConfigError as exc:
@@ -53,6 +56,17 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "check", help="validate a config and resolve its aliases, then exit"
     )
     _config_argument(check, environ)
+
+    logs = commands.add_parser("logs", help="read inference logs")
+    log_commands = logs.add_subparsers(dest="logs_command", required=True, metavar="COMMAND")
+    summary = log_commands.add_parser(
+        "summary", help="requests, errors, latency and mean prediction per endpoint and variant"
+    )
+    summary.add_argument("--dir", type=Path, required=True, help="the inference-log directory")
+    summary.add_argument(
+        "--since", help="ISO 8601 time, or a duration back from now: 90s, 30m, 1h, 2d"
+    )
+    summary.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     demo = commands.add_parser("demo", help="create a local demo registry and serve it")
     demo.add_argument(
@@ -126,6 +140,19 @@ def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     logger.info("listening on http://%s:%s with %d worker(s)", host, port, args.workers)
     return serve(
         config, sock, workers=args.workers, log_level=args.log_level, log_format=args.log_format
+    )
+
+
+def _logs_summary(args: argparse.Namespace) -> int:
+    from gateway import log_summary
+
+    return log_summary.run(
+        args.dir,
+        since=args.since,
+        as_json=args.json,
+        out=sys.stdout,
+        err=sys.stderr,
+        now=datetime.now(UTC),
     )
 
 

@@ -1,4 +1,4 @@
-"""The inference log: records built by a pure function, written as rotated JSON Lines by a thread.
+"""The inference-log writer: records queued without blocking, written as rotated JSON Lines by a thread.
 
 The log is data, not logging: records never go through the `logging` module. The request path
 calls `submit`, which never blocks; one background thread writes batches to
@@ -16,10 +16,7 @@ The thread is a daemon so that a writer nobody closed never holds up the interpr
 """
 
 import atexit
-import base64
 import contextlib
-import hashlib
-import hmac
 import io
 import json
 import logging
@@ -30,125 +27,18 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
-
-from gateway.routing import Routing
 
 logger = logging.getLogger(__name__)
 
 DROP_QUEUE_FULL: Final = "queue_full"
 DROP_WRITE_ERROR: Final = "write_error"
 
+Record = dict[str, Any] | Callable[[], dict[str, Any]]
+
 _BATCH_SIZE: Final = 512
 _WARNING_INTERVAL_SECONDS: Final = 10.0
-_SAMPLE_PERSON: Final = b"gw-log-sample-v1"  # at most 16 bytes
-_TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})
-
-
-def user_key_hash(user_key: str, secret: bytes) -> str:
-    """HMAC-SHA256 of the user key under `secret`, 32 hex digits: not reversible by a dictionary."""
-    digest = hmac.new(secret, user_key.encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return digest.hexdigest()[:32]
-
-
-def should_sample(request_id: str, rate: float) -> bool:
-    """Whether to log a request: a pure function of its id, true for about `rate` of all ids."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"sample rate: must be between 0 and 1, got {rate!r}")
-    if rate == 1.0:
-        return True
-    digest = hashlib.blake2b(
-        request_id.encode("utf-8", "surrogatepass"), digest_size=8, person=_SAMPLE_PERSON
-    )
-    return int.from_bytes(digest.digest(), "big") < rate * 2.0**64
-
-
-def build_record(
-    *,
-    request_id: str,
-    timestamp: float,
-    endpoint: str,
-    model: str,
-    variant: str,
-    model_version: str | None,
-    routing: str,
-    user_key_hash: str | None,
-    status_code: int,
-    duration_ms: float,
-    request_body: bytes,
-    content_type: str | None,
-    response_body: bytes | None,
-    error: str | None,
-    max_payload_bytes: int | None,
-) -> dict[str, Any]:
-    """One inference-log record; bodies are stored as raw text, not parsed, to spare the request path.
-
-    `timestamp` is seconds since the epoch. A JSON or CSV request is stored as its UTF-8 text,
-    anything else (Parquet) as base64, as `request_encoding` says. Each body is cut to
-    `max_payload_bytes` (None: no cap) on a UTF-8 character boundary, and `truncated` tells.
-    """
-    request, request_truncated = _cut(request_body, max_payload_bytes)
-    request_text, encoding = _request_text(request, content_type, request_truncated)
-    response_text = None
-    response_truncated = False
-    if response_body is not None:
-        response, response_truncated = _cut(response_body, max_payload_bytes)
-        if response_truncated:
-            response = _whole_characters(response)
-        response_text = response.decode("utf-8", "replace")
-    return {
-        "request_id": request_id,
-        "timestamp": datetime.fromtimestamp(timestamp, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
-        "endpoint": endpoint,
-        "model": model,
-        "variant": variant,
-        "model_version": model_version,
-        "routing": Routing(routing).value,
-        "user_key_hash": user_key_hash,
-        "status_code": int(status_code),
-        "duration_ms": round(float(duration_ms), 3),
-        "request": request_text,
-        "request_encoding": encoding,
-        "response": response_text,
-        "error": error,
-        "truncated": request_truncated or response_truncated,
-    }
-
-
-def _cut(body: bytes, limit: int | None) -> tuple[bytes, bool]:
-    if limit is None or len(body) <= limit:
-        return body, False
-    return body[:limit], True
-
-
-def _request_text(body: bytes, content_type: str | None, truncated: bool) -> tuple[str, str]:
-    """The request as text and its encoding: UTF-8 for JSON and CSV, base64 for anything else."""
-    media_type = (content_type or "").partition(";")[0].strip().lower()
-    if media_type in _TEXT_MEDIA_TYPES or media_type.startswith("text/"):
-        with contextlib.suppress(UnicodeDecodeError):
-            return (_whole_characters(body) if truncated else body).decode("utf-8"), "utf-8"
-    return base64.b64encode(body).decode("ascii"), "base64"
-
-
-def _whole_characters(data: bytes) -> bytes:
-    """`data` without a UTF-8 character that a cut at its end split in two."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
-            return data[:-back] if _sequence_length(byte) > back else data
-    return data
-
-
-def _sequence_length(lead: int) -> int:
-    """How many bytes a UTF-8 character with this first byte has (1 for an invalid one)."""
-    for length, (mask, value) in enumerate(((0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0)), start=2):
-        if lead & mask == value:
-            return length
-    return 1
 
 
 def _open_new(path: Path) -> IO[str]:
@@ -176,7 +66,7 @@ class InferenceLogWriter:
         self._directory = directory
         self._max_queue = max_queue
         # One slot above max_queue is kept for the stop marker, so close() never waits for room.
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(max_queue + 1)
+        self._queue: queue.Queue[Record | None] = queue.Queue(max_queue + 1)
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
         self._clock = clock
@@ -226,8 +116,12 @@ class InferenceLogWriter:
         self._thread.start()
         atexit.register(self.close)
 
-    def submit(self, record: dict[str, Any]) -> bool:
-        """Queue a record without blocking; False if it was dropped or the writer is not running."""
+    def submit(self, record: Record) -> bool:
+        """Queue a record without blocking; False if it was dropped or the writer is not running.
+
+        A record may be a callable that builds it: it is then called on the writer's thread, so
+        that decoding and cutting bodies costs the request path nothing.
+        """
         with self._lock:
             if not self._accepting:
                 return False
@@ -292,7 +186,7 @@ class InferenceLogWriter:
         except OSError as exc:
             logger.warning("inference log: could not flush and close the last file: %s", exc)
 
-    def _take_batch(self) -> tuple[list[dict[str, Any]], bool]:
+    def _take_batch(self) -> tuple[list[Record], bool]:
         """Wait for one record, then take what else is queued, up to a batch; True at the end."""
         first = self._queue.get()
         if first is None:
@@ -308,10 +202,11 @@ class InferenceLogWriter:
             batch.append(record)
         return batch, False
 
-    def _write_batch(self, batch: list[dict[str, Any]]) -> None:
+    def _write_batch(self, batch: list[Record]) -> None:
         lines: list[tuple[str, int]] = []
-        for record in batch:
+        for item in batch:
             try:
+                record = item() if callable(item) else item
                 line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
                 lines.append((line + "\n", len(line.encode("utf-8")) + 1))
             except Exception as exc:  # one record that cannot be encoded must not cost the others

@@ -144,10 +144,16 @@ def summarize(paths: Iterable[Path], since: datetime | None) -> Summary:
     return Summary(_rows(accumulators), malformed)
 
 
+NOT_ROUTED = "(not routed)"
+
+
 def _read(line: bytes, since: datetime | None) -> _Record | None:
     """The record on a line, or None if it is older than `since`; raises if it is malformed."""
     fields = json.loads(line)
     endpoint, variant = fields["endpoint"], fields["variant"]
+    if variant is None:
+        # Refused before a variant was chosen (a bad content type, say): a row of its own.
+        variant = NOT_ROUTED
     if not isinstance(endpoint, str) or not isinstance(variant, str):
         raise TypeError("endpoint and variant must be strings")
     duration_ms = float(fields["duration_ms"])

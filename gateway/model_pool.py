@@ -4,8 +4,9 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from gateway import metrics
 from gateway.config import Endpoint, GatewayConfig
-from gateway.registry import LoadedModel, Registry
+from gateway.registry import LoadedModel, Registry, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -52,19 +53,23 @@ class ModelPool:
     def _load_endpoint(self, endpoint: Endpoint) -> None:
         loaded_here: dict[str, LoadedModel] = {}
         for variant in endpoint.variants:
-            version = self._registry.resolve(endpoint.model, variant)
-            # Two variants on one version share the model in memory.
-            model = loaded_here.get(version.version)
-            if model is None:
-                logger.info(
-                    "loading %s for endpoint %s variant %s",
-                    version.uri,
-                    endpoint.name,
-                    variant.variant_name,
-                )
-                model = self._registry.load(version)
-                loaded_here[version.version] = model
-            self._models[(endpoint.name, variant.variant_name)] = model
+            name = variant.variant_name
+            try:
+                version = self._registry.resolve(endpoint.model, variant)
+                # Two variants on one version share the model in memory.
+                model = loaded_here.get(version.version)
+                if model is None:
+                    logger.info(
+                        "loading %s for endpoint %s variant %s", version.uri, endpoint.name, name
+                    )
+                    model = self._registry.load(version)
+                    loaded_here[version.version] = model
+            except RegistryError:
+                metrics.MODEL_LOAD_FAILURES.labels(endpoint.name, name).inc()
+                raise
+            self._models[(endpoint.name, name)] = model
+            metrics.MODEL_INFO.labels(endpoint.name, name, endpoint.model, version.version).set(1)
+            metrics.WEIGHT.labels(endpoint.name, name).set(variant.weight)
 
     def describe(self, endpoint: Endpoint) -> list[VariantStatus]:
         """Each variant of an endpoint with the version it serves."""

@@ -15,6 +15,7 @@ import yaml
 from gateway.app import create_app
 from gateway.config import GatewayConfig, parse_config
 from gateway.demo import FEATURES, MODEL_NAME, build_demo
+from gateway.inference_log import InferenceLogWriter
 from gateway.registry import Registry
 from gateway.server import NoDelayHTTPProtocol, bind
 
@@ -64,12 +65,16 @@ def make_config(
 
 @contextlib.contextmanager
 def running_gateway(
-    config: GatewayConfig, *, wait_ready: bool = True, registry: Registry | None = None
+    config: GatewayConfig,
+    *,
+    wait_ready: bool = True,
+    registry: Registry | None = None,
+    log_writer: InferenceLogWriter | None = None,
 ) -> Iterator[str]:
     """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = create_app(config, registry=registry)
+    app = create_app(config, registry=registry, log_writer=log_writer)
     server = uvicorn.Server(
         uvicorn.Config(app, http=NoDelayHTTPProtocol, log_config=None, access_log=False)
     )

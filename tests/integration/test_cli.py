@@ -137,7 +137,10 @@ def test_an_unreachable_registry_exits_1_naming_its_uri(write_config: Callable[.
     path = write_config(tracking_uri=uri)
     gateway = GatewayProcess("serve", "--config", str(path), "--port", "0")
     assert gateway.wait() == 1
-    assert f"endpoint churn variant champion: models:/churn@champion (registry {uri}): " in gateway.output
+    assert (
+        f"endpoint churn variant champion: models:/churn@champion (registry {uri}): "
+        in gateway.output
+    )
     assert "Connection refused" in gateway.output
 
 

@@ -16,7 +16,8 @@ from typing import IO, Any
 import pandas as pd
 import pytest
 
-from gateway.inference_log import InferenceLogWriter, build_record, user_key_hash
+from gateway.inference_log import InferenceLogWriter
+from gateway.inference_record import build_record, user_key_hash
 from tests.integration.conftest import wait_until
 
 DEADLINE = 5.0

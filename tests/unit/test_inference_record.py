@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.inference_log import build_record, should_sample, user_key_hash
+from gateway.inference_record import build_record, should_sample, user_key_hash
 from gateway.routing import Routing
 
 SECRET = b"test-secret"

@@ -362,3 +362,38 @@ def test_run_fails_with_status_2_for_a_bad_since(tmp_path: Path) -> None:
     status, out, err = run_command(tmp_path, since="last week")
     assert (status, out) == (2, "")
     assert err.startswith("error: --since: expected an ISO 8601 time")
+
+
+def test_requests_refused_before_routing_get_a_row_of_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "inference.jsonl"
+    lines = [
+        {
+            "request_id": "a",
+            "timestamp": "2026-01-01T00:00:00.000Z",
+            "endpoint": "churn",
+            "variant": "champion",
+            "routing": "random",
+            "status_code": 200,
+            "duration_ms": 1.0,
+            "response": '{"predictions": [1]}',
+            "error": None,
+        },
+        {
+            "request_id": "b",
+            "timestamp": "2026-01-01T00:00:00.000Z",
+            "endpoint": "churn",
+            "variant": None,
+            "routing": None,
+            "status_code": 415,
+            "duration_ms": 0.5,
+            "response": None,
+            "error": "bad type",
+        },
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = summarize([path], since=None)
+    assert summary.malformed == 0
+    assert [(row.variant, row.requests, row.errors) for row in summary.variants] == [
+        ("(not routed)", 1, 1),
+        ("champion", 1, 0),
+    ]

@@ -1,0 +1,120 @@
+"""Inference-log records (pure): what one request becomes in the log, sampling and user-key hashing.
+
+Bodies are kept as the raw text the client sent, not parsed: parsing would cost the request path.
+"""
+
+import base64
+import contextlib
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gateway.routing import Routing
+
+_SAMPLE_PERSON: Final = b"gw-log-sample-v1"  # at most 16 bytes
+_TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})
+
+
+def user_key_hash(user_key: str, secret: bytes) -> str:
+    """HMAC-SHA256 of the user key under `secret`, 32 hex digits: not reversible by a dictionary."""
+    digest = hmac.new(secret, user_key.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
+def should_sample(request_id: str, rate: float) -> bool:
+    """Whether to log a request: a pure function of its id, true for about `rate` of all ids."""
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"sample rate: must be between 0 and 1, got {rate!r}")
+    if rate == 1.0:
+        return True
+    digest = hashlib.blake2b(
+        request_id.encode("utf-8", "surrogatepass"), digest_size=8, person=_SAMPLE_PERSON
+    )
+    return int.from_bytes(digest.digest(), "big") < rate * 2.0**64
+
+
+def build_record(
+    *,
+    request_id: str,
+    timestamp: float,
+    endpoint: str,
+    model: str,
+    variant: str | None,
+    model_version: str | None,
+    routing: str | None,
+    user_key_hash: str | None,
+    status_code: int,
+    duration_ms: float,
+    request_body: bytes,
+    content_type: str | None,
+    response_body: bytes | None,
+    error: str | None,
+    max_payload_bytes: int | None,
+) -> dict[str, Any]:
+    """One inference-log record; bodies are stored as raw text, not parsed, to spare the request path.
+
+    `timestamp` is seconds since the epoch. A JSON or CSV request is stored as its UTF-8 text,
+    anything else (Parquet) as base64, as `request_encoding` says. Each body is cut to
+    `max_payload_bytes` (None: no cap) on a UTF-8 character boundary, and `truncated` tells.
+    """
+    request, request_truncated = _cut(request_body, max_payload_bytes)
+    request_text, encoding = _request_text(request, content_type, request_truncated)
+    response_text = None
+    response_truncated = False
+    if response_body is not None:
+        response, response_truncated = _cut(response_body, max_payload_bytes)
+        if response_truncated:
+            response = _whole_characters(response)
+        response_text = response.decode("utf-8", "replace")
+    return {
+        "request_id": request_id,
+        "timestamp": datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "endpoint": endpoint,
+        "model": model,
+        "variant": variant,
+        "model_version": model_version,
+        "routing": None if routing is None else Routing(routing).value,
+        "user_key_hash": user_key_hash,
+        "status_code": int(status_code),
+        "duration_ms": round(float(duration_ms), 3),
+        "request": request_text,
+        "request_encoding": encoding,
+        "response": response_text,
+        "error": error,
+        "truncated": request_truncated or response_truncated,
+    }
+
+
+def _cut(body: bytes, limit: int | None) -> tuple[bytes, bool]:
+    if limit is None or len(body) <= limit:
+        return body, False
+    return body[:limit], True
+
+
+def _request_text(body: bytes, content_type: str | None, truncated: bool) -> tuple[str, str]:
+    """The request as text and its encoding: UTF-8 for JSON and CSV, base64 for anything else."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if media_type in _TEXT_MEDIA_TYPES or media_type.startswith("text/"):
+        with contextlib.suppress(UnicodeDecodeError):
+            return (_whole_characters(body) if truncated else body).decode("utf-8"), "utf-8"
+    return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def _whole_characters(data: bytes) -> bytes:
+    """`data` without a UTF-8 character that a cut at its end split in two."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # not a continuation byte: the last character starts here
+            return data[:-back] if _sequence_length(byte) > back else data
+    return data
+
+
+def _sequence_length(lead: int) -> int:
+    """How many bytes a UTF-8 character with this first byte has (1 for an invalid one)."""
+    for length, (mask, value) in enumerate(((0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0)), start=2):
+        if lead & mask == value:
+            return length
+    return 1

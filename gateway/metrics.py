@@ -1,0 +1,109 @@
+"""Every Prometheus metric of the gateway, declared once, and their exposition for one or N workers.
+
+With `--workers N` each worker writes its values to PROMETHEUS_MULTIPROC_DIR (set by
+`gateway serve` before any worker starts) and a scrape of any worker merges all of them. Every
+gauge therefore names its multiprocess mode. Label values are bounded: configured endpoint and
+variant names, version numbers, HTTP status codes and a fixed set of reasons.
+"""
+
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+)
+from prometheus_client.exposition import choose_encoder
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Request latency of a Python gateway spans ~0.3 ms (alone) to seconds (a large batch or a slow
+# model); the defaults of prometheus-client start at 5 ms and would put most requests in one bucket.
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Invocations answered, by endpoint, variant, model version and HTTP status.",
+    ["endpoint", "variant", "model_version", "status"],
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from reading an invocation to its answer, by endpoint and variant.",
+    ["endpoint", "variant"],
+    buckets=_LATENCY_BUCKETS,
+)
+PREDICT_DURATION = Histogram(
+    "gateway_predict_duration_seconds",
+    "Time spent parsing and predicting in a worker thread, by model version.",
+    ["endpoint", "variant", "model_version"],
+    buckets=_LATENCY_BUCKETS,
+)
+ROWS = Counter(
+    "gateway_rows_predicted_total",
+    "Rows predicted, by endpoint, variant and model version.",
+    ["endpoint", "variant", "model_version"],
+)
+IN_FLIGHT = Gauge(
+    "gateway_requests_in_flight",
+    "Invocations being answered now.",
+    ["endpoint"],
+    multiprocess_mode="livesum",
+)
+WEIGHT = Gauge(
+    "gateway_variant_weight",
+    "The live routing weight of each variant.",
+    ["endpoint", "variant"],
+    multiprocess_mode="livemostrecent",
+)
+MODEL_INFO = Gauge(
+    "gateway_model_info",
+    "1 for the model version each variant serves, 0 for one it served before.",
+    ["endpoint", "variant", "model", "model_version"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOAD_FAILURES = Counter(
+    "gateway_model_load_failures_total",
+    "Model versions that failed to load, by endpoint and variant.",
+    ["endpoint", "variant"],
+)
+LOG_QUEUE_DEPTH = Gauge(
+    "gateway_inference_log_queue_depth",
+    "Inference-log records waiting to be written.",
+    multiprocess_mode="livesum",
+)
+LOG_DROPPED = Counter(
+    "gateway_inference_log_dropped_total",
+    "Inference-log records lost, by reason (queue_full, write_error).",
+    ["reason"],
+)
+
+
+def is_multiprocess() -> bool:
+    """Whether metrics are shared through files because several workers serve."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def exposition(accept: str | None) -> tuple[bytes, str]:
+    """The scrape body and its content type; OpenMetrics when the scraper asks for it."""
+    encoder, content_type = choose_encoder(accept or "")
+    if is_multiprocess():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return encoder(registry), content_type
+    return encoder(REGISTRY), content_type
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges from the merged view."""
+    if is_multiprocess():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def count_log_drop(reason: str, count: int) -> None:
+    """Count inference-log records lost for `reason`."""
+    LOG_DROPPED.labels(reason).inc(count)
