@@ -25,6 +25,7 @@ from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
 from gateway.registry import Registry
 from gateway.service import InvocationService
+from gateway.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,16 @@ def create_app(
         if writer is not None:
             writer.start()
         pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
+        # Shadow predictions get threads of their own: they never take one from serving.
+        shadow_threads = sum(e.shadow_concurrency for e in config.endpoints if e.shadow)
+        shadow_executor = ThreadPoolExecutor(
+            max(shadow_threads, 1), thread_name_prefix="gateway-shadow"
+        )
+        shadow = ShadowRunner(pool, shadow_executor, count=config.metrics.enabled)
         app.state.pool = pool
-        app.state.service = InvocationService(config, pool, executor, log_writer=writer)
+        app.state.service = InvocationService(
+            config, pool, executor, shadow=shadow, log_writer=writer
+        )
         loading = asyncio.create_task(asyncio.to_thread(pool.load_all))
         loading.add_done_callback(_report_loading(on_ready, on_fatal))
         try:
@@ -65,6 +74,8 @@ def create_app(
         finally:
             # uvicorn has drained in-flight requests by now: every record is queued.
             loading.cancel()
+            await shadow.drain(timeout=10.0)
+            shadow_executor.shutdown(wait=True, cancel_futures=True)
             executor.shutdown(wait=True, cancel_futures=False)
             if writer is not None:
                 await asyncio.to_thread(writer.close)

@@ -80,6 +80,8 @@ class Endpoint(_Model):
     model: Annotated[str, Field(min_length=1)]
     variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
     shadow: tuple[Annotated[str, Field(pattern=_NAME)], ...] = ()
+    # Shadow predictions running at once for this endpoint; more are dropped and counted.
+    shadow_concurrency: Annotated[int, Field(ge=1, le=1024)] = 4
     sticky: Sticky | None = None
     allow_override: bool = True
     refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
@@ -97,6 +99,16 @@ class Endpoint(_Model):
         if clashes:
             raise ValueError(f"a shadow alias cannot also be a variant: {', '.join(clashes)}")
         return self
+
+    @property
+    def shadow_variants(self) -> tuple[Variant, ...]:
+        """The shadow aliases as variants that get no traffic of their own."""
+        return tuple(Variant(alias=alias, weight=0) for alias in self.shadow)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        """The configured weight of each variant, by name."""
+        return {variant.variant_name: variant.weight for variant in self.variants}
 
 
 class InferenceLog(_Model):

@@ -71,6 +71,26 @@ MODEL_LOAD_FAILURES = Counter(
     "Model versions that failed to load, by endpoint and variant.",
     ["endpoint", "variant"],
 )
+SHADOW_DROPPED = Counter(
+    "gateway_shadow_dropped_total",
+    "Shadow copies not predicted because the endpoint's shadow slots were all busy.",
+    ["endpoint", "shadow"],
+)
+SHADOW_ROWS_COMPARED = Counter(
+    "gateway_shadow_rows_compared_total",
+    "Rows whose shadow prediction was compared with the served one.",
+    ["endpoint", "shadow", "model_version"],
+)
+SHADOW_ROWS_DIFFERING = Counter(
+    "gateway_shadow_rows_differing_total",
+    "Compared rows whose shadow prediction differed from the served one.",
+    ["endpoint", "shadow", "model_version"],
+)
+SHADOW_ERRORS = Counter(
+    "gateway_shadow_errors_total",
+    "Shadow predictions that failed.",
+    ["endpoint", "shadow", "model_version"],
+)
 LOG_QUEUE_DEPTH = Gauge(
     "gateway_inference_log_queue_depth",
     "Inference-log records waiting to be written.",

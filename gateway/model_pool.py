@@ -20,6 +20,7 @@ class VariantStatus:
     weight: int
     model_version: str | None
     loaded: bool
+    shadow: bool
 
 
 class ModelPool:
@@ -37,7 +38,7 @@ class ModelPool:
         return all(
             (endpoint.name, variant.variant_name) in self._models
             for endpoint in self._config.endpoints
-            for variant in endpoint.variants
+            for variant in (*endpoint.variants, *endpoint.shadow_variants)
         )
 
     def get(self, endpoint: str, variant: str) -> LoadedModel | None:
@@ -52,7 +53,7 @@ class ModelPool:
 
     def _load_endpoint(self, endpoint: Endpoint) -> None:
         loaded_here: dict[str, LoadedModel] = {}
-        for variant in endpoint.variants:
+        for variant in (*endpoint.variants, *endpoint.shadow_variants):
             name = variant.variant_name
             try:
                 version = self._registry.resolve(endpoint.model, variant)
@@ -74,7 +75,8 @@ class ModelPool:
     def describe(self, endpoint: Endpoint) -> list[VariantStatus]:
         """Each variant of an endpoint with the version it serves."""
         statuses = []
-        for variant in endpoint.variants:
+        shadows = endpoint.shadow_variants
+        for variant in (*endpoint.variants, *shadows):
             model = self.get(endpoint.name, variant.variant_name)
             statuses.append(
                 VariantStatus(
@@ -83,6 +85,7 @@ class ModelPool:
                     weight=variant.weight,
                     model_version=model.version.version if model else None,
                     loaded=model is not None,
+                    shadow=variant in shadows,
                 )
             )
         return statuses

@@ -9,30 +9,28 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from gateway import metrics, payload
+from gateway.accounting import UNKNOWN, Accountant, Answer, count
 from gateway.config import Endpoint, GatewayConfig
 from gateway.errors import GatewayError
 from gateway.inference_log import InferenceLogWriter
-from gateway.inference_record import build_record, should_sample, user_key_hash
 from gateway.model_pool import ModelPool
+from gateway.prediction import Prediction, Served, predict_by_row, predict_one
 from gateway.registry import LoadedModel
 from gateway.routing import Routing, choose_random, choose_sticky
+from gateway.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 
 FORCE_HEADER = "x-gateway-variant"
-# The metrics label of requests to an endpoint name that is not configured: label values stay bounded.
-UNKNOWN = "_unknown"
-NONE = "_none"
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Which variant serves a request, and why."""
+    """Which variant serves a request, and why; no variant when each row is routed on its own."""
 
-    variant: str
+    variant: str | None
     routing: Routing
     user_key: str | None = None
 
@@ -55,6 +53,7 @@ class InvocationService:
         pool: ModelPool,
         executor: Executor,
         *,
+        shadow: ShadowRunner | None = None,
         log_writer: InferenceLogWriter | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
@@ -62,11 +61,10 @@ class InvocationService:
         self._config = config
         self._pool = pool
         self._executor = executor
-        self._log_writer = log_writer
+        self._shadow = shadow
+        self._accountant = Accountant(config, pool, log_writer)
         self._rng = rng or random.Random()
         self._clock = clock
-        secret = config.inference_log.user_key_secret
-        self._user_key_secret = secret.encode() if secret else None
         self._metrics = config.metrics.enabled
 
     def endpoint(self, name: str | None) -> Endpoint:
@@ -82,30 +80,35 @@ class InvocationService:
         return endpoint
 
     def decide(self, endpoint: Endpoint, headers: Mapping[str, str]) -> Decision:
-        """Pick the variant for a request from its headers: forced, sticky or a weighted draw."""
-        names = [variant.variant_name for variant in endpoint.variants]
+        """Pick the variant for a request: forced, sticky by header, per row, or a weighted draw."""
         forced = headers.get(FORCE_HEADER)
         if forced is not None:
-            if not endpoint.allow_override:
-                raise GatewayError(
-                    "INVALID_PARAMETER_VALUE",
-                    f"Endpoint '{endpoint.name}' does not allow choosing a variant with "
-                    f"the {FORCE_HEADER} header.",
-                )
-            if forced not in names:
-                raise GatewayError(
-                    "INVALID_PARAMETER_VALUE",
-                    f"Unknown variant '{forced[:64]}' in the {FORCE_HEADER} header; "
-                    f"endpoint '{endpoint.name}' has: {', '.join(names)}.",
-                )
-            return Decision(forced, Routing.FORCED)
-        weights = {variant.variant_name: variant.weight for variant in endpoint.variants}
-        if endpoint.sticky is not None and endpoint.sticky.header is not None:
-            user_key = headers.get(endpoint.sticky.header.lower())
+            return Decision(self._forced(endpoint, forced), Routing.FORCED)
+        sticky = endpoint.sticky
+        if sticky is not None and sticky.field is not None:
+            return Decision(None, Routing.STICKY)
+        if sticky is not None and sticky.header is not None:
+            user_key = headers.get(sticky.header.lower())
             if user_key:
-                variant = choose_sticky(endpoint.name, user_key, weights)
+                variant = choose_sticky(endpoint.name, user_key, endpoint.weights)
                 return Decision(variant, Routing.STICKY, user_key)
-        return Decision(choose_random(weights, self._rng), Routing.RANDOM)
+        return Decision(choose_random(endpoint.weights, self._rng), Routing.RANDOM)
+
+    def _forced(self, endpoint: Endpoint, forced: str) -> str:
+        names = list(endpoint.weights)
+        if not endpoint.allow_override:
+            raise GatewayError(
+                "INVALID_PARAMETER_VALUE",
+                f"Endpoint '{endpoint.name}' does not allow choosing a variant with "
+                f"the {FORCE_HEADER} header.",
+            )
+        if forced not in names:
+            raise GatewayError(
+                "INVALID_PARAMETER_VALUE",
+                f"Unknown variant '{forced[:64]}' in the {FORCE_HEADER} header; "
+                f"endpoint '{endpoint.name}' has: {', '.join(names)}.",
+            )
+        return forced
 
     async def handle(
         self,
@@ -119,13 +122,9 @@ class InvocationService:
         started, wall = time.perf_counter(), self._clock()
         endpoint: Endpoint | None = None
         decision: Decision | None = None
-        model: LoadedModel | None = None
+        prediction: Prediction | None = None
         body = b""
-        label = (
-            UNKNOWN
-            if endpoint_name is not None and self._config.endpoint(endpoint_name) is None
-            else (endpoint_name or self._config.endpoints[0].name)
-        )
+        label = self._label(endpoint_name)
         if self._metrics:
             metrics.IN_FLIGHT.labels(label).inc()
         try:
@@ -133,33 +132,79 @@ class InvocationService:
             body = await read_body()
             body_format = payload.parse_media_type(content_type)
             decision = self.decide(endpoint, headers)
-            model = self._model(endpoint, decision.variant)
-            reply_body, rows, predict_seconds = await self._predict(model, body_format, body)
-            reply = Reply(200, reply_body, _served_headers(request_id, decision, model))
+            prediction = await self._run(endpoint, decision, body_format, body)
+            reply = Reply(200, prediction.body, _served_headers(request_id, prediction.served))
         except GatewayError as error:
-            rows, predict_seconds = 0, None
+            served = self._attempted(endpoint, decision)
             reply = Reply(
                 error.status_code,
                 json.dumps(error.to_dict()).encode(),
-                _served_headers(request_id, decision, model),
+                _served_headers(request_id, served),
             )
         finally:
             if self._metrics:
                 metrics.IN_FLIGHT.labels(label).dec()
         duration = time.perf_counter() - started
-        variant = decision.variant if decision else NONE
-        version = model.version.version if model else NONE
+        served = prediction.served if prediction else self._attempted(endpoint, decision)
         if self._metrics:
-            metrics.REQUESTS.labels(label, variant, version, str(reply.status_code)).inc()
-            metrics.REQUEST_DURATION.labels(label, variant).observe(duration)
-            if predict_seconds is not None:
-                metrics.PREDICT_DURATION.labels(label, variant, version).observe(predict_seconds)
-                metrics.ROWS.labels(label, variant, version).inc(rows)
-        if self._log_writer is not None and endpoint is not None:
-            self._log(
-                request_id, wall, endpoint, decision, model, reply, duration, body, content_type
+            count(label, served, reply.status_code, duration, prediction)
+        if endpoint is not None:
+            answer = Answer(
+                request_id=request_id,
+                wall=wall,
+                endpoint=endpoint,
+                routing=decision.routing if decision else None,
+                user_key=decision.user_key if decision else None,
+                status_code=reply.status_code,
+                reply_body=reply.body,
+                duration=duration,
+                body=body,
+                content_type=content_type,
             )
+            self._accountant.log(answer, served)
+            if prediction is not None and self._shadow is not None and endpoint.shadow:
+                report = partial(self._accountant.log_shadow, answer)
+                self._shadow.mirror(endpoint, body_format, body, prediction.body, report)
         return reply
+
+    async def _run(
+        self, endpoint: Endpoint, decision: Decision, body_format: payload.Format, body: bytes
+    ) -> Prediction:
+        """Predict in a worker thread, within the request timeout."""
+        if decision.variant is not None:
+            work = partial(
+                predict_one,
+                decision.variant,
+                self._model(endpoint, decision.variant),
+                body_format,
+                body,
+            )
+        else:
+            assert endpoint.sticky is not None
+            assert endpoint.sticky.field is not None
+            weights = {name: weight for name, weight in endpoint.weights.items() if weight > 0}
+            models = {name: self._model(endpoint, name) for name in weights}
+            work = partial(
+                predict_by_row,
+                endpoint.name,
+                endpoint.sticky.field,
+                weights,
+                models,
+                body_format,
+                body,
+                self._rng,
+            )
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._executor, work), self._config.request_timeout_seconds
+            )
+        except TimeoutError:
+            # The thread cannot be interrupted; it finishes and its result is discarded.
+            raise GatewayError(
+                "DEADLINE_EXCEEDED",
+                f"Prediction took longer than {self._config.request_timeout_seconds:g} seconds.",
+            ) from None
 
     def _model(self, endpoint: Endpoint, variant: str) -> LoadedModel:
         model = self._pool.get(endpoint.name, variant)
@@ -170,118 +215,23 @@ class InvocationService:
             )
         return model
 
-    async def _predict(
-        self, model: LoadedModel, body_format: payload.Format, body: bytes
-    ) -> tuple[bytes, int, float]:
-        loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self._executor, _predict, model, body_format, body)
-        try:
-            return await asyncio.wait_for(work, self._config.request_timeout_seconds)
-        except TimeoutError:
-            # The thread cannot be interrupted; it finishes and its result is discarded.
-            raise GatewayError(
-                "DEADLINE_EXCEEDED",
-                f"Prediction took longer than {self._config.request_timeout_seconds:g} seconds.",
-            ) from None
+    def _attempted(self, endpoint: Endpoint | None, decision: Decision | None) -> list[Served]:
+        """What a failed request was routed to, for its headers, metrics and log record."""
+        if endpoint is None or decision is None or decision.variant is None:
+            return []
+        model = self._pool.get(endpoint.name, decision.variant)
+        return [] if model is None else [Served(decision.variant, model, 0, None)]
 
-    def _log(
-        self,
-        request_id: str,
-        wall: float,
-        endpoint: Endpoint,
-        decision: Decision | None,
-        model: LoadedModel | None,
-        reply: Reply,
-        duration: float,
-        body: bytes,
-        content_type: str | None,
-    ) -> None:
-        settings = self._config.inference_log
-        if self._log_writer is None or not should_sample(request_id, settings.sample_rate):
-            return
-        user_key = decision.user_key if decision else None
-        hashed = (
-            user_key_hash(user_key, self._user_key_secret)
-            if user_key is not None and self._user_key_secret is not None
-            else None
-        )
-        ok = reply.status_code == 200
-        # Built on the writer's thread: decoding and cutting bodies cost the request path nothing.
-        self._log_writer.submit(
-            partial(
-                build_record,
-                request_id=request_id,
-                timestamp=wall,
-                endpoint=endpoint.name,
-                model=endpoint.model,
-                variant=decision.variant if decision else None,
-                model_version=model.version.version if model else None,
-                routing=decision.routing.value if decision else None,
-                user_key_hash=hashed,
-                status_code=reply.status_code,
-                duration_ms=duration * 1000,
-                request_body=body,
-                content_type=content_type,
-                response_body=reply.body if ok else None,
-                error=None if ok else _error_message(reply.body),
-                max_payload_bytes=settings.max_payload_bytes,
-            )
-        )
-        if self._metrics:
-            metrics.LOG_QUEUE_DEPTH.set(self._log_writer.queue_depth())
+    def _label(self, endpoint_name: str | None) -> str:
+        if endpoint_name is None:
+            return self._config.endpoints[0].name
+        return endpoint_name if self._config.endpoint(endpoint_name) is not None else UNKNOWN
 
 
-def _served_headers(
-    request_id: str, decision: Decision | None, model: LoadedModel | None
-) -> dict[str, str]:
+def _served_headers(request_id: str, served: list[Served]) -> dict[str, str]:
+    """The response headers; a request whose rows were split names every variant, comma-separated."""
     headers = {"x-request-id": request_id}
-    if decision is not None and model is not None:
-        headers["x-gateway-variant"] = decision.variant
-        headers["x-gateway-model-version"] = model.version.version
+    if served:
+        headers["x-gateway-variant"] = ",".join(part.variant for part in served)
+        headers["x-gateway-model-version"] = ",".join(part.model.version.version for part in served)
     return headers
-
-
-def _error_message(body: bytes) -> str | None:
-    try:
-        return str(json.loads(body)["message"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _predict(
-    model: LoadedModel, body_format: payload.Format, body: bytes
-) -> tuple[bytes, int, float]:
-    """Parse, predict and encode: the blocking part of an invocation, run in a worker thread."""
-    started = time.perf_counter()
-    if body_format is payload.Format.JSON:
-        model_input = payload.parse_json(
-            payload.decode_json(body), model.metadata, model.input_schema
-        )
-    elif body_format is payload.Format.CSV:
-        model_input = payload.parse_csv(body, model.input_schema)
-    else:
-        model_input = payload.parse_parquet(body)
-    try:
-        raw = model.pyfunc.predict(model_input.data, params=model_input.params)
-    except Exception as exc:
-        error = payload.predict_error(exc)
-        logger.warning(
-            "predict failed on %s: %s",
-            model.version.uri,
-            error.message,
-            exc_info=not _is_mlflow(exc),
-        )
-        raise error from exc
-    encoded = payload.encode_predictions(raw, model_input.unwrapped)
-    return encoded, _row_count(model_input.data), time.perf_counter() - started
-
-
-def _is_mlflow(exc: Exception) -> bool:
-    return type(exc).__module__.startswith("mlflow")
-
-
-def _row_count(data: Any) -> int:
-    try:
-        return len(data)
-    except TypeError:
-        return 1

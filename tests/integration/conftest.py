@@ -84,7 +84,7 @@ def running_gateway(
     try:
         wait_until(lambda: server.started, "the server to start")
         if wait_ready:
-            wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the models to load")
+            wait_healthy(url)
         yield url
     finally:
         server.should_exit = True
@@ -110,6 +110,11 @@ def wait_until(
                 return
         time.sleep(0.05)
     pytest.fail(f"timed out after {deadline:.0f}s waiting for {what}")
+
+
+def wait_healthy(url: str, what: str = "the models to load") -> None:
+    """Wait until the gateway at `url` answers /health with 200 (every worker loaded)."""
+    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, what)
 
 
 def free_port() -> int:

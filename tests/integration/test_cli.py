@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig
-from tests.integration.conftest import free_port, split_payload, wait_until
+from tests.integration.conftest import free_port, split_payload, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +172,7 @@ def test_two_workers_serve_correct_predictions_and_stop_gracefully(
     )
     served.append(gateway)
     url = gateway.url()
-    wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "both workers' models")
+    wait_healthy(url, "both workers' models")
     expected: dict[str, bytes] = {}
     with httpx.Client() as client:
         for version, variant in (("1", "champion"), ("2", "challenger")):

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import GatewayConfig
 from gateway.registry import LoadedModel, ModelVersion, Registry
-from tests.integration.conftest import running_gateway, split_payload, wait_until
+from tests.integration.conftest import running_gateway, split_payload, wait_healthy
 
 ROWS: list[list[object]] = [[3, 89.5, 4, "basic"], [48, 30.0, 0, "pro"], [12, 55.25, 2, "plus"]]
 
@@ -161,7 +161,7 @@ def test_health_is_503_and_invocations_wait_until_every_variant_is_loaded(
         assert (health.status_code, health.json()["error_code"]) == (503, "TEMPORARILY_UNAVAILABLE")
         assert invoke(url).status_code == 503
         gate.set()
-        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "the models to load")
+        wait_healthy(url, "the models to load")
         assert invoke(url).status_code == 200
 
 

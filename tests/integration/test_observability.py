@@ -16,7 +16,7 @@ from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.inference_log import InferenceLogWriter
 from gateway.inference_record import user_key_hash
-from tests.integration.conftest import running_gateway, split_payload, wait_until
+from tests.integration.conftest import running_gateway, split_payload, wait_healthy
 from tests.integration.test_cli import GatewayProcess
 from tests.integration.test_inference_log import GatedFile
 
@@ -59,7 +59,7 @@ def test_two_workers_log_every_request_once_and_count_it_exactly(
     gateway = GatewayProcess("serve", "--config", str(path), "--port", "0", "--workers", "2")
     try:
         url = gateway.url()
-        wait_until(lambda: httpx.get(f"{url}/health").status_code == 200, "both workers")
+        wait_healthy(url, "both workers")
         sent: dict[str, tuple[str | None, str | None, int, str | None]] = {}
         expected: Counter[tuple[str, str, str]] = Counter()
         mix = [

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -268,8 +269,11 @@ CASES = [
 def mlflow_url(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """MLflow's own scoring server for models:/churn@champion, on loopback."""
     port = free_port()
-    log = (tmp_path_factory.mktemp("mlflow-serve") / "serve.log").open("wb")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    log_path = tmp_path_factory.mktemp("mlflow-serve") / "serve.log"
+    log = log_path.open("wb")
+    # MLflow starts its server as `uvicorn ...` through the shell: the interpreter's bin on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
     command = [
         sys.executable,
         "-m",
@@ -289,11 +293,16 @@ def mlflow_url(tracking_uri: str, tmp_path_factory: pytest.TempPathFactory) -> I
     ]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            pytest.fail(
+                f"mlflow models serve exited with {process.returncode}: {log_path.read_text()[-2000:]}"
+            )
+        return httpx.get(f"{url}/ping").status_code == 200
+
     try:
-        wait_until(
-            lambda: process.poll() is None and httpx.get(f"{url}/ping").status_code == 200,
-            "mlflow models serve",
-        )
+        wait_until(answering, "mlflow models serve")
         yield url
     finally:
         process.terminate()

@@ -1,0 +1,39 @@
+"""pyfunc models that the tests register beside the demo's: their behaviour is under test control.
+
+They are pickled by reference to this module, so a gateway in the test process loads the very
+classes below and shares their module-level gate.
+"""
+
+import threading
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+# Shadow predictions of GatedModel wait here until a test opens the gate.
+GATE = threading.Event()
+GATE.set()
+
+
+class GatedModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Predicts 1 for every row once the gate is open: a slow shadow model on demand."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        if not GATE.wait(60):
+            raise TimeoutError("the test never opened the gate")
+        return [1] * len(model_input)
+
+
+def register(
+    name: str, alias: str, python_model: mlflow.pyfunc.PythonModel, tracking_uri: str
+) -> str:
+    """Log and register a pyfunc model, point `alias` at it, and return its version."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    with mlflow.start_run(run_name=f"test-{alias}"):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=python_model, registered_model_name=name
+        )
+    version = str(info.registered_model_version)
+    mlflow.MlflowClient(tracking_uri, tracking_uri).set_registered_model_alias(name, alias, version)
+    return version
