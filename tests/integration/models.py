@@ -30,7 +30,10 @@ def register(
     """Log and register a pyfunc model, point `alias` at it, and return its version."""
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    with mlflow.start_run(run_name=f"test-{alias}"):
+    # The demo's experiment keeps artifacts beside its registry, not in the working directory.
+    experiment = mlflow.get_experiment_by_name("gateway-demo")
+    assert experiment is not None
+    with mlflow.start_run(experiment_id=experiment.experiment_id, run_name=f"test-{alias}"):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=python_model, registered_model_name=name
         )
