@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway import __version__, metrics
-from gateway.config import GatewayConfig
+from gateway.config import Endpoint, GatewayConfig
 from gateway.errors import GatewayError
 from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
@@ -67,8 +67,7 @@ def create_app(
         app.state.service = InvocationService(
             config, pool, executor, shadow=shadow, log_writer=writer
         )
-        loading = asyncio.create_task(asyncio.to_thread(pool.load_all))
-        loading.add_done_callback(_report_loading(on_ready, on_fatal))
+        loading = asyncio.create_task(_keep_models(config, pool, on_ready, on_fatal))
         try:
             yield
         finally:
@@ -145,23 +144,33 @@ def create_app(
     )
 
 
-def _report_loading(
-    on_ready: Callable[[], None] | None, on_fatal: Callable[[], None] | None
-) -> Callable[[asyncio.Task[None]], None]:
-    def done(task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is None:
-            logger.info("all models loaded; ready")
-            if on_ready is not None:
-                on_ready()
-            return
+async def _keep_models(
+    config: GatewayConfig,
+    pool: ModelPool,
+    on_ready: Callable[[], None] | None,
+    on_fatal: Callable[[], None] | None,
+) -> None:
+    """Load every model, then follow the registry: each endpoint refreshed on its own interval."""
+    try:
+        await asyncio.to_thread(pool.load_all)
+    except Exception as exc:
         logger.error("cannot serve: %s", exc, exc_info=not str(exc))
         if on_fatal is not None:
             on_fatal()
+        return
+    logger.info("all models loaded; ready")
+    if on_ready is not None:
+        on_ready()
+    await asyncio.gather(*(_refresh_forever(pool, endpoint) for endpoint in config.endpoints))
 
-    return done
+
+async def _refresh_forever(pool: ModelPool, endpoint: Endpoint) -> None:
+    while True:
+        await asyncio.sleep(endpoint.refresh_seconds)
+        try:
+            await asyncio.to_thread(pool.refresh, endpoint)
+        except Exception as exc:  # an unreachable registry: keep serving what is loaded
+            logger.warning("refresh of endpoint %s failed, serving on: %s", endpoint.name, exc)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check, logs summary and demo."""
+"""The `gateway` command: serve, check, rollout, logs summary and demo."""
 
 import argparse
 import logging
@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_CONFIG
     if args.command == "check":
         return _check(config)
+    if args.command == "rollout":
+        from gateway import rollout_command
+
+        return rollout_command.main(config, args)
     return _serve(config, args)
 
 
@@ -56,6 +60,13 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "check", help="validate a config and resolve its aliases, then exit"
     )
     _config_argument(check, environ)
+
+    rollout = commands.add_parser(
+        "rollout", help="canary rollouts: status, set, promote, rollback, run"
+    )
+    from gateway.rollout_command import add_arguments
+
+    add_arguments(rollout, lambda command: _config_argument(command, environ))
 
     logs = commands.add_parser("logs", help="read inference logs")
     log_commands = logs.add_subparsers(dest="logs_command", required=True, metavar="COMMAND")

@@ -1,12 +1,18 @@
-"""The model versions each endpoint's variants serve: resolved, loaded, and swapped atomically."""
+"""The model versions each endpoint's variants serve, and their weights: loaded, refreshed, swapped.
+
+Readers (the request path) never lock: a variant's entry is replaced whole, so a request sees the
+old version or the new one, never half of each, and keeps the model it started with until it
+finishes; the old version is freed when its last request lets go of it.
+"""
 
 import logging
 import threading
 from dataclasses import dataclass
 
 from gateway import metrics
-from gateway.config import Endpoint, GatewayConfig
-from gateway.registry import LoadedModel, Registry, RegistryError
+from gateway.config import Endpoint, GatewayConfig, Variant
+from gateway.registry import LoadedModel, ModelVersion, Registry, RegistryError
+from gateway.rollout import WEIGHTS_TAG, merge_weights, parse_weights
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +30,14 @@ class VariantStatus:
 
 
 class ModelPool:
-    """Loaded models keyed by (endpoint, variant); readers never lock, writers replace whole entries."""
+    """Loaded models keyed by (endpoint, variant) and live weights keyed by endpoint."""
 
     def __init__(self, config: GatewayConfig, registry: Registry) -> None:
         self._config = config
         self._registry = registry
         self._models: dict[tuple[str, str], LoadedModel] = {}
-        self._load_lock = threading.Lock()
+        self._weights: dict[str, dict[str, int]] = {e.name: e.weights for e in config.endpoints}
+        self._lock = threading.Lock()  # one loader at a time; readers never take it
 
     @property
     def ready(self) -> bool:
@@ -38,54 +45,128 @@ class ModelPool:
         return all(
             (endpoint.name, variant.variant_name) in self._models
             for endpoint in self._config.endpoints
-            for variant in (*endpoint.variants, *endpoint.shadow_variants)
+            for variant in _all_variants(endpoint)
         )
 
     def get(self, endpoint: str, variant: str) -> LoadedModel | None:
         """The model serving a variant now, or None while it is not loaded."""
         return self._models.get((endpoint, variant))
 
-    def load_all(self) -> None:
-        """Resolve and load every variant; blocking, so call it off the event loop."""
-        with self._load_lock:
-            for endpoint in self._config.endpoints:
-                self._load_endpoint(endpoint)
+    def weights(self, endpoint: str) -> dict[str, int]:
+        """The live weights of an endpoint's variants."""
+        return self._weights[endpoint]
 
-    def _load_endpoint(self, endpoint: Endpoint) -> None:
-        loaded_here: dict[str, LoadedModel] = {}
-        for variant in (*endpoint.variants, *endpoint.shadow_variants):
-            name = variant.variant_name
+    def load_all(self) -> None:
+        """Resolve and load every variant, and read live weights; blocking: run it off the loop."""
+        with self._lock:
+            for endpoint in self._config.endpoints:
+                for variant in _all_variants(endpoint):
+                    self._swap(endpoint, variant, self._registry.resolve(endpoint.model, variant))
+                self._read_weights(endpoint, self._registry.model_state(endpoint.model).tags)
+
+    def refresh(self, endpoint: Endpoint) -> None:
+        """Follow moved aliases and changed weights of one endpoint; blocking: run it off the loop.
+
+        A version that fails to load is counted and logged, the old one keeps serving, and the
+        next refresh tries again.
+        """
+        with self._lock:
+            state = self._registry.model_state(endpoint.model)
+            for variant in _all_variants(endpoint):
+                current = self.get(endpoint.name, variant.variant_name)
+                if variant.alias is not None:
+                    version = state.aliases.get(variant.alias)
+                    if version is None:
+                        logger.warning(
+                            "alias models:/%s@%s is gone; endpoint %s keeps serving version %s",
+                            endpoint.model,
+                            variant.alias,
+                            endpoint.name,
+                            current.version.version if current else "none",
+                        )
+                        continue
+                    if current is not None and current.version.version == version:
+                        continue
+                    target = ModelVersion(endpoint.model, version, None)
+                elif variant.stage is not None:
+                    target = self._registry.resolve(endpoint.model, variant)
+                    if current is not None and current.version.version == target.version:
+                        continue
+                else:
+                    continue  # a pinned version never moves
+                try:
+                    self._swap(endpoint, variant, target)
+                except RegistryError as exc:
+                    logger.error("keeping the current version of %s: %s", variant.variant_name, exc)
+            self._read_weights(endpoint, state.tags)
+
+    def _swap(self, endpoint: Endpoint, variant: Variant, version: ModelVersion) -> None:
+        name = variant.variant_name
+        previous = self.get(endpoint.name, name)
+        # Another variant of the endpoint may already hold this version: share it.
+        model = next(
+            (
+                loaded
+                for (owner, _), loaded in self._models.items()
+                if owner == endpoint.name and loaded.version.version == version.version
+            ),
+            None,
+        )
+        if model is None:
+            logger.info("loading %s for endpoint %s variant %s", version.uri, endpoint.name, name)
             try:
-                version = self._registry.resolve(endpoint.model, variant)
-                # Two variants on one version share the model in memory.
-                model = loaded_here.get(version.version)
-                if model is None:
-                    logger.info(
-                        "loading %s for endpoint %s variant %s", version.uri, endpoint.name, name
-                    )
-                    model = self._registry.load(version)
-                    loaded_here[version.version] = model
+                model = self._registry.load(version)
             except RegistryError:
                 metrics.MODEL_LOAD_FAILURES.labels(endpoint.name, name).inc()
                 raise
-            self._models[(endpoint.name, name)] = model
-            metrics.MODEL_INFO.labels(endpoint.name, name, endpoint.model, version.version).set(1)
-            metrics.WEIGHT.labels(endpoint.name, name).set(variant.weight)
+        self._models[(endpoint.name, name)] = model
+        metrics.MODEL_INFO.labels(endpoint.name, name, endpoint.model, version.version).set(1)
+        if previous is not None and previous.version.version != version.version:
+            metrics.MODEL_INFO.labels(
+                endpoint.name, name, endpoint.model, previous.version.version
+            ).set(0)
+            logger.info(
+                "endpoint %s variant %s now serves version %s (was %s)",
+                endpoint.name,
+                name,
+                version.version,
+                previous.version.version,
+            )
+
+    def _read_weights(self, endpoint: Endpoint, tags: dict[str, str]) -> None:
+        weights = endpoint.weights
+        text = tags.get(WEIGHTS_TAG)
+        if text is not None:
+            try:
+                weights = merge_weights(weights, parse_weights(text, weights))
+            except ValueError as exc:
+                logger.warning("ignoring the weights of models:/%s: %s", endpoint.model, exc)
+                weights = self._weights[endpoint.name]
+        if weights != self._weights[endpoint.name]:
+            logger.info("endpoint %s weights now %s", endpoint.name, weights)
+        self._weights[endpoint.name] = weights
+        for name, weight in weights.items():
+            metrics.WEIGHT.labels(endpoint.name, name).set(weight)
 
     def describe(self, endpoint: Endpoint) -> list[VariantStatus]:
-        """Each variant of an endpoint with the version it serves."""
+        """Each variant of an endpoint with the version it serves and its live weight."""
+        weights = self.weights(endpoint.name)
         statuses = []
-        shadows = endpoint.shadow_variants
-        for variant in (*endpoint.variants, *shadows):
-            model = self.get(endpoint.name, variant.variant_name)
+        for variant in _all_variants(endpoint):
+            name = variant.variant_name
+            model = self.get(endpoint.name, name)
             statuses.append(
                 VariantStatus(
-                    variant=variant.variant_name,
+                    variant=name,
                     reference=f"models:/{endpoint.model}{variant.reference}",
-                    weight=variant.weight,
+                    weight=weights.get(name, 0),
                     model_version=model.version.version if model else None,
                     loaded=model is not None,
-                    shadow=variant in shadows,
+                    shadow=name in endpoint.shadow,
                 )
             )
         return statuses
+
+
+def _all_variants(endpoint: Endpoint) -> tuple[Variant, ...]:
+    return (*endpoint.variants, *endpoint.shadow_variants)

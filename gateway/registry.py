@@ -33,6 +33,14 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class ModelState:
+    """A registered model's aliases (alias -> version) and tags, as read in one call."""
+
+    aliases: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A pyfunc model in memory with the parts of its metadata that parsing needs."""
 
@@ -80,6 +88,39 @@ class Registry:
             # Connection errors and the like from the REST or SQL store.
             raise RegistryError(f"{where}: registry unreachable: {_first_line(str(exc))}") from exc
         return ModelVersion(model=model, version=str(found.version), run_id=found.run_id)
+
+    def model_state(self, model: str) -> ModelState:
+        """Aliases and tags of a registered model: what a refresh needs, in one registry call."""
+        try:
+            found = self._client.get_registered_model(model)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"models:/{model} (registry {self.registry_uri}): {_first_line(exc.message)}"
+            ) from exc
+        except Exception as exc:
+            raise RegistryError(
+                f"models:/{model} (registry {self.registry_uri}): registry unreachable: {_first_line(str(exc))}"
+            ) from exc
+        aliases = {alias: str(version) for alias, version in (found.aliases or {}).items()}
+        return ModelState(aliases=aliases, tags=dict(found.tags or {}))
+
+    def version_of(self, model: str, version: str) -> ModelVersion:
+        """A version by number, with its run."""
+        try:
+            found = self._client.get_model_version(model, version)
+        except MlflowException as exc:
+            raise RegistryError(
+                f"models:/{model}/{version} (registry {self.registry_uri}): {_first_line(exc.message)}"
+            ) from exc
+        return ModelVersion(model=model, version=str(found.version), run_id=found.run_id)
+
+    def set_tag(self, model: str, key: str, value: str) -> None:
+        """Set a registered-model tag."""
+        self._client.set_registered_model_tag(model, key, value)
+
+    def set_alias(self, model: str, alias: str, version: str) -> None:
+        """Point an alias at a version."""
+        self._client.set_registered_model_alias(model, alias, version)
 
     def load(self, version: ModelVersion) -> LoadedModel:
         """Download and load one version as a pyfunc model."""

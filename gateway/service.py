@@ -90,9 +90,9 @@ class InvocationService:
         if sticky is not None and sticky.header is not None:
             user_key = headers.get(sticky.header.lower())
             if user_key:
-                variant = choose_sticky(endpoint.name, user_key, endpoint.weights)
+                variant = choose_sticky(endpoint.name, user_key, self._pool.weights(endpoint.name))
                 return Decision(variant, Routing.STICKY, user_key)
-        return Decision(choose_random(endpoint.weights, self._rng), Routing.RANDOM)
+        return Decision(choose_random(self._pool.weights(endpoint.name), self._rng), Routing.RANDOM)
 
     def _forced(self, endpoint: Endpoint, forced: str) -> str:
         names = list(endpoint.weights)
@@ -182,7 +182,8 @@ class InvocationService:
         else:
             assert endpoint.sticky is not None
             assert endpoint.sticky.field is not None
-            weights = {name: weight for name, weight in endpoint.weights.items() if weight > 0}
+            live = self._pool.weights(endpoint.name)
+            weights = {name: weight for name, weight in live.items() if weight > 0}
             models = {name: self._model(endpoint, name) for name in weights}
             work = partial(
                 predict_by_row,

@@ -40,3 +40,22 @@ def register(
     version = str(info.registered_model_version)
     mlflow.MlflowClient(tracking_uri, tracking_uri).set_registered_model_alias(name, alias, version)
     return version
+
+
+class ConstantModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Predicts its own marker for every row: the answer tells which version computed it."""
+
+    def __init__(self, marker: int) -> None:
+        self.marker = marker
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        return [self.marker] * len(model_input)
+
+
+class FlakyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Predicts 1, but fails every request that has a row with `tenure_months` divisible by 3."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        if (model_input["tenure_months"].astype(int) % 3 == 0).any():
+            raise ValueError("this challenger is broken for some customers")
+        return [1] * len(model_input)

@@ -24,6 +24,7 @@ NO_WEB = ("starlette", "fastapi")
         ("gateway.config", ("mlflow", "pandas", *NO_WEB)),
         ("gateway.errors", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.rollout", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.payload", ()),
     ],
 )
