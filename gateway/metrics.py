@@ -91,6 +91,18 @@ SHADOW_ERRORS = Counter(
     "Shadow predictions that failed.",
     ["endpoint", "shadow", "model_version"],
 )
+BATCH_QUEUE = Gauge(
+    "gateway_batch_queue_depth",
+    "Requests waiting for the next batch of their model version.",
+    ["endpoint", "variant"],
+    multiprocess_mode="livesum",
+)
+BATCH_ROWS = Histogram(
+    "gateway_batch_rows",
+    "Rows per merged predict call.",
+    ["endpoint", "variant"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 LOG_QUEUE_DEPTH = Gauge(
     "gateway_inference_log_queue_depth",
     "Inference-log records waiting to be written.",

@@ -18,6 +18,7 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import scoring_server
 
 from gateway.errors import GatewayError
+from gateway.frame_plan import FramePlan
 
 
 class Format(StrEnum):
@@ -99,8 +100,13 @@ def decode_json(body: bytes) -> dict[str, Any]:
     raise GatewayError("BAD_REQUEST", f"Invalid input. {_required_format()}. Received {received}.")
 
 
-def parse_json(document: dict[str, Any], metadata: Any, input_schema: Any) -> ModelInput:
-    """Model input from a decoded JSON request, with MLflow's parsing and schema casting."""
+def parse_json(
+    document: dict[str, Any], metadata: Any, input_schema: Any, plan: FramePlan | None = None
+) -> ModelInput:
+    """Model input from a decoded JSON request, with MLflow's parsing and schema casting.
+
+    With a plan, a request it can build exactly is built by it; any other goes through MLflow.
+    """
     if not scoring_server.is_unified_llm_input(document):
         found = [key for key in document if key in SUPPORTED_KEYS]
         if len(found) != 1:
@@ -110,6 +116,10 @@ def parse_json(document: dict[str, Any], metadata: Any, input_schema: Any) -> Mo
             )
         if "params" in document and not isinstance(document["params"], dict | None):
             raise GatewayError("BAD_REQUEST", "`params` must be a JSON object.")
+        if plan is not None:
+            frame = plan.frame(document)
+            if frame is not None:
+                return ModelInput(frame, document.get("params"))
     try:
         parsed = scoring_server._parse_json_data(dict(document), metadata, input_schema)
     except MlflowException as exc:

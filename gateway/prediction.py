@@ -45,7 +45,8 @@ class Prediction:
 def parse(model: LoadedModel, body_format: payload.Format, body: bytes) -> payload.ModelInput:
     """The request as the model's input, typed by its signature."""
     if body_format is payload.Format.JSON:
-        return payload.parse_json(payload.decode_json(body), model.metadata, model.input_schema)
+        document = payload.decode_json(body)
+        return payload.parse_json(document, model.metadata, model.input_schema, model.frame_plan)
     if body_format is payload.Format.CSV:
         return payload.parse_csv(body, model.input_schema)
     return payload.parse_parquet(body)
@@ -57,10 +58,15 @@ def predict_one(
     """Parse and predict a whole request on one variant's model."""
     started = time.perf_counter()
     model_input = parse(model, body_format, body)
-    raw = _predict(model, model_input.data, model_input.params)
-    encoded = payload.encode_predictions(raw, model_input.unwrapped)
-    rows = _row_count(model_input.data)
+    encoded = predict_parsed(model, model_input)
+    rows = row_count(model_input.data)
     return Prediction(encoded, [Served(variant, model, rows, None)], time.perf_counter() - started)
+
+
+def predict_parsed(model: LoadedModel, model_input: payload.ModelInput) -> bytes:
+    """Predict parsed input and encode the answer."""
+    raw = _predict(model, model_input.data, model_input.params)
+    return payload.encode_predictions(raw, model_input.unwrapped)
 
 
 def predict_by_row(
@@ -175,7 +181,8 @@ def _is_mlflow(exc: Exception) -> bool:
     return type(exc).__module__.startswith("mlflow")
 
 
-def _row_count(data: Any) -> int:
+def row_count(data: Any) -> int:
+    """Rows in a model input (1 for something without a length)."""
     try:
         return len(data)
     except TypeError:

@@ -10,6 +10,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gateway.config import Variant
+from gateway.frame_plan import FramePlan, make_plan
+from gateway.payload import parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class LoadedModel:
     pyfunc: Any
     metadata: Any
     input_schema: Any
+    # The fast, exact way to this model's DataFrame for common requests; None: MLflow's way only.
+    frame_plan: FramePlan | None = None
 
 
 class Registry:
@@ -131,11 +135,15 @@ class Registry:
                 f"{version.uri} (registry {self.registry_uri}): cannot load: {_first_line(str(exc))}"
             ) from exc
         metadata = pyfunc.metadata
+        schema = metadata.get_input_schema()
         return LoadedModel(
             version=version,
             pyfunc=pyfunc,
             metadata=metadata,
-            input_schema=metadata.get_input_schema(),
+            input_schema=schema,
+            frame_plan=make_plan(
+                metadata, schema, lambda doc: parse_json(doc, metadata, schema).data
+            ),
         )
 
 

@@ -12,11 +12,12 @@ from functools import partial
 
 from gateway import metrics, payload
 from gateway.accounting import UNKNOWN, Accountant, Answer, count
+from gateway.batching import Batcher
 from gateway.config import Endpoint, GatewayConfig
 from gateway.errors import GatewayError
 from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
-from gateway.prediction import Prediction, Served, predict_by_row, predict_one
+from gateway.prediction import Prediction, Served, parse, predict_by_row, predict_one, row_count
 from gateway.registry import LoadedModel
 from gateway.routing import Routing, choose_random, choose_sticky
 from gateway.shadow import ShadowRunner
@@ -63,6 +64,7 @@ class InvocationService:
         self._executor = executor
         self._shadow = shadow
         self._accountant = Accountant(config, pool, log_writer)
+        self._batchers: dict[tuple[str, str], Batcher] = {}
         self._rng = rng or random.Random()
         self._clock = clock
         self._metrics = config.metrics.enabled
@@ -171,6 +173,10 @@ class InvocationService:
         self, endpoint: Endpoint, decision: Decision, body_format: payload.Format, body: bytes
     ) -> Prediction:
         """Predict in a worker thread, within the request timeout."""
+        if decision.variant is not None and endpoint.batching is not None:
+            model = self._model(endpoint, decision.variant)
+            batched = self._batched(endpoint, decision.variant, model, body_format, body)
+            return await self._within_timeout(batched)
         if decision.variant is not None:
             work = partial(
                 predict_one,
@@ -196,10 +202,34 @@ class InvocationService:
                 self._rng,
             )
         loop = asyncio.get_running_loop()
+        return await self._within_timeout(loop.run_in_executor(self._executor, work))
+
+    async def _batched(
+        self,
+        endpoint: Endpoint,
+        variant: str,
+        model: LoadedModel,
+        body_format: payload.Format,
+        body: bytes,
+    ) -> Prediction:
+        """Parse alone (a bad request fails alone), then predict together with concurrent ones."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        model_input = await loop.run_in_executor(self._executor, parse, model, body_format, body)
+        batcher = self._batchers.get((endpoint.name, variant))
+        if batcher is None or batcher.model is not model:
+            assert endpoint.batching is not None
+            # A swapped version gets a batcher of its own; the old one ends with its last batch.
+            labels = (endpoint.name, variant) if self._metrics else None
+            batcher = Batcher(model, self._executor, endpoint.batching, labels)
+            self._batchers[(endpoint.name, variant)] = batcher
+        encoded = await batcher.predict(model_input)
+        served = Served(variant, model, row_count(model_input.data), None)
+        return Prediction(encoded, [served], time.perf_counter() - started)
+
+    async def _within_timeout(self, work: Awaitable[Prediction]) -> Prediction:
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, work), self._config.request_timeout_seconds
-            )
+            return await asyncio.wait_for(work, self._config.request_timeout_seconds)
         except TimeoutError:
             # The thread cannot be interrupted; it finishes and its result is discarded.
             raise GatewayError(

@@ -59,3 +59,21 @@ class FlakyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         if (model_input["tenure_months"].astype(int) % 3 == 0).any():
             raise ValueError("this challenger is broken for some customers")
         return [1] * len(model_input)
+
+
+# Rows of every predict call of BatchProbeModel, in order: how requests were merged.
+BATCH_CALLS: list[int] = []
+
+
+class BatchProbeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Predicts `tenure_months * 10 + support_calls` a row, records how many rows each call got,
+    waits at GATE, and fails a call with a row whose `tenure_months` is 13 (a poisoned request)."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        BATCH_CALLS.append(len(model_input))
+        if not GATE.wait(60):
+            raise TimeoutError("the test never opened the gate")
+        tenure = model_input["tenure_months"].astype(int)
+        if (tenure == 13).any():
+            raise ValueError("poisoned row")
+        return (tenure * 10 + model_input["support_calls"].astype(int)).tolist()

@@ -1,0 +1,129 @@
+"""Adaptive batching on a real server: merged predict calls, answers as if each request were alone."""
+
+import re
+import threading
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from gateway.config import GatewayConfig
+from gateway.demo import FEATURES
+from tests.integration import models
+from tests.integration.conftest import running_gateway, wait_until
+
+
+@pytest.fixture(scope="module")
+def probe(tracking_uri: str) -> str:
+    models.register("batchprobe", "champion", models.BatchProbeModel(), tracking_uri)
+    return "batchprobe"
+
+
+def _config(
+    make_config: Callable[..., GatewayConfig], model: str, max_batch_size: int = 64
+) -> GatewayConfig:
+    return make_config(
+        [
+            {
+                "name": model,
+                "model": model,
+                "variants": [{"alias": "champion"}],
+                "batching": {"max_batch_size": max_batch_size, "max_wait_ms": 0},
+            }
+        ]
+    )
+
+
+def _body(tenures: list[int]) -> dict[str, object]:
+    return {
+        "dataframe_split": {
+            "columns": list(FEATURES),
+            "data": [[t, 50.0, t % 4, "basic"] for t in tenures],
+        }
+    }
+
+
+def _queued(url: str) -> float:
+    match = re.search(
+        r'^gateway_batch_queue_depth\{[^}]*variant="champion"[^}]*\} (\S+)$',
+        httpx.get(f"{url}/metrics").text,
+        re.M,
+    )
+    return float(match.group(1)) if match else 0.0
+
+
+def test_concurrent_requests_share_a_predict_call_and_each_gets_its_own_answer(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    requests = {f"r{n}": [n * 3 + 20, n * 3 + 21][: 1 + n % 2] for n in range(8)}
+    requests["poisoned"] = [20, 13]
+    answers: dict[str, httpx.Response] = {}
+    with running_gateway(_config(make_config, probe)) as url:
+
+        def send(name: str, tenures: list[int]) -> None:
+            answers[name] = httpx.post(f"{url}/invocations", json=_body(tenures), timeout=60)
+
+        models.GATE.clear()
+        models.BATCH_CALLS.clear()
+        try:
+            first = threading.Thread(target=send, args=("first", [7]))
+            first.start()
+            wait_until(lambda: models.BATCH_CALLS == [1], "the first request to hold the model")
+            others = [threading.Thread(target=send, args=item) for item in requests.items()]
+            for thread in others:
+                thread.start()
+            wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
+        finally:
+            models.GATE.set()
+        for thread in [first, *others]:
+            thread.join(60)
+    assert answers["first"].json() == {"predictions": [70 + 7 % 4]}
+    # One merged call for the nine waiting requests failed on the poisoned row; then each went alone.
+    assert models.BATCH_CALLS[:2] == [1, sum(len(t) for t in requests.values())]
+    assert sorted(models.BATCH_CALLS[2:]) == sorted(len(t) for t in requests.values())
+    for name, tenures in requests.items():
+        if name == "poisoned":
+            assert answers[name].status_code == 400
+        else:
+            assert answers[name].json() == {"predictions": [t * 10 + t % 4 for t in tenures]}
+
+
+def test_a_request_alone_is_predicted_at_once(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    models.BATCH_CALLS.clear()
+    with running_gateway(_config(make_config, probe)) as url:
+        response = httpx.post(f"{url}/invocations", json=_body([5, 6]))
+    assert response.json() == {"predictions": [51, 62]}
+    assert models.BATCH_CALLS == [2]
+
+
+def test_batching_answers_match_mlflow_bytes_for_the_demo_model(
+    make_config: Callable[..., GatewayConfig],
+) -> None:
+    plain = make_config([{"name": "churn", "model": "churn", "variants": [{"alias": "champion"}]}])
+    batched = make_config(
+        [
+            {
+                "name": "churn",
+                "model": "churn",
+                "variants": [{"alias": "champion"}],
+                "batching": {"max_batch_size": 32},
+            }
+        ]
+    )
+    bodies = [_body([n, n + 30, n + 60]) for n in range(1, 12)]
+    with running_gateway(plain) as url:
+        expected = [httpx.post(f"{url}/invocations", json=body).content for body in bodies]
+    with running_gateway(batched) as url:
+        results: list[bytes] = [b""] * len(bodies)
+
+        def send(index: int) -> None:
+            results[index] = httpx.post(f"{url}/invocations", json=bodies[index]).content
+
+        threads = [threading.Thread(target=send, args=(n,)) for n in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert results == expected
