@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -135,23 +136,32 @@ def _check(config: GatewayConfig, *, show: bool = True) -> int:
 
 def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.logconfig import configure_logging
-    from gateway.server import bind, serve
+    from gateway.server import serve
 
     configure_logging(args.log_level, args.log_format)
     # Resolve every alias before the port is bound: a typo fails here, at once, by name.
     status = _check(config, show=False)
     if status != EXIT_OK:
         return status
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+    sock = _listen(args.host, args.port)
+    if sock is None:
         return EXIT_FAILED
     host, port = sock.getsockname()[:2]
     logger.info("listening on http://%s:%s with %d worker(s)", host, port, args.workers)
     return serve(
         config, sock, workers=args.workers, log_level=args.log_level, log_format=args.log_format
     )
+
+
+def _listen(host: str, port: int) -> socket.socket | None:
+    """The listening socket, or None after saying on stderr why there is none."""
+    from gateway.server import bind
+
+    try:
+        return bind(host, port)
+    except OSError as exc:
+        print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return None
 
 
 def _logs_summary(args: argparse.Namespace) -> int:
@@ -170,17 +180,15 @@ def _logs_summary(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from gateway.demo import allow_demo_model_loading, build_demo
     from gateway.logconfig import configure_logging
-    from gateway.server import bind, serve
+    from gateway.server import serve
 
     started = time.monotonic()
     configure_logging(args.log_level, args.log_format)
     allow_demo_model_loading()
     config_path = build_demo(args.dir)
     config = load_config(str(config_path), {})
-    try:
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+    sock = _listen(args.host, args.port)
+    if sock is None:
         return EXIT_FAILED
     host, port = sock.getsockname()[:2]
 

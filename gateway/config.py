@@ -90,7 +90,7 @@ class Endpoint(_Model):
     @model_validator(mode="after")
     def _coherent(self) -> Self:
         names = [variant.variant_name for variant in self.variants]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = _repeated(names)
         if duplicates:
             raise ValueError(f"variant names must be unique, repeated: {', '.join(duplicates)}")
         if all(variant.weight == 0 for variant in self.variants):
@@ -146,8 +146,7 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:
-        names = [endpoint.name for endpoint in self.endpoints]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
+        duplicates = _repeated([endpoint.name for endpoint in self.endpoints])
         if duplicates:
             raise ValueError(f"endpoint names must be unique, repeated: {', '.join(duplicates)}")
         return self
@@ -155,6 +154,10 @@ class GatewayConfig(_Model):
     def endpoint(self, name: str) -> Endpoint | None:
         """The endpoint called `name`, if any."""
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+
+
+def _repeated(names: list[str]) -> list[str]:
+    return sorted({name for name in names if names.count(name) > 1})
 
 
 class ConfigError(Exception):

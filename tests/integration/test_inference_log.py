@@ -19,27 +19,11 @@ import pytest
 from gateway.inference_log import InferenceLogWriter
 from gateway.inference_record import build_record, user_key_hash
 from tests.integration.conftest import wait_until
+from tests.unit.test_inference_record import RECORD_FIELDS as FIELDS
 
 DEADLINE = 5.0
 START = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC).timestamp()
 STAMP = "20240501T123456Z"
-FIELDS = [
-    "request_id",
-    "timestamp",
-    "endpoint",
-    "model",
-    "variant",
-    "model_version",
-    "routing",
-    "user_key_hash",
-    "status_code",
-    "duration_ms",
-    "request",
-    "request_encoding",
-    "response",
-    "error",
-    "truncated",
-]
 
 
 class FakeClock:

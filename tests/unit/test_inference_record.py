@@ -11,7 +11,7 @@ from gateway.inference_record import build_record, should_sample, user_key_hash
 from gateway.routing import Routing
 
 SECRET = b"test-secret"
-FIELDS = [
+RECORD_FIELDS = [
     "request_id",
     "timestamp",
     "endpoint",
@@ -55,7 +55,7 @@ def record(**overrides: Any) -> dict[str, Any]:
 
 
 def test_record_has_exactly_the_documented_fields_in_order() -> None:
-    assert list(record()) == FIELDS
+    assert list(record()) == RECORD_FIELDS
 
 
 def test_record_field_values_and_types() -> None:
