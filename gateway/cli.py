@@ -143,7 +143,7 @@ def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     status = _check(config, show=False)
     if status != EXIT_OK:
         return status
-    sock = _listen(args.host, args.port)
+    sock = _listen(args.host, args.port, args.workers)
     if sock is None:
         return EXIT_FAILED
     host, port = sock.getsockname()[:2]
@@ -153,12 +153,12 @@ def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     )
 
 
-def _listen(host: str, port: int) -> socket.socket | None:
-    """The listening socket, or None after saying on stderr why there is none."""
+def _listen(host: str, port: int, workers: int) -> socket.socket | None:
+    """The server's socket, or None after saying on stderr why there is none."""
     from gateway.server import bind
 
     try:
-        return bind(host, port)
+        return bind(host, port, workers=workers)
     except OSError as exc:
         print(f"error: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return None
@@ -187,7 +187,7 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     allow_demo_model_loading()
     config_path = build_demo(args.dir)
     config = load_config(str(config_path), {})
-    sock = _listen(args.host, args.port)
+    sock = _listen(args.host, args.port, workers=1)
     if sock is None:
         return EXIT_FAILED
     host, port = sock.getsockname()[:2]

@@ -49,13 +49,27 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         super().connection_made(transport)
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket, bound before any worker starts so that all of them share it."""
+# Workers listen on sockets of their own on one port, and the kernel spreads new connections
+# over them evenly. With one shared listening socket, whichever worker wakes first takes the
+# connection, and under load one worker ends up with nearly all of them.
+REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def bind(host: str, port: int, *, workers: int = 1, listen: bool | None = None) -> socket.socket:
+    """The server's socket, bound before any worker starts, so that a busy port fails at once.
+
+    For one worker it is the listening socket. For several (where SO_REUSEPORT exists) it only
+    reserves the port, and each worker listens on a socket of its own bound to the same port.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    shared_port = workers > 1 and REUSE_PORT
+    if shared_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    if (not shared_port) if listen is None else listen:
+        sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -106,9 +120,12 @@ def _serve_here(
     log_format: LogFormat,
     on_ready: Callable[[], None] | None = None,
     peers_ready: Callable[[], bool] | None = None,
+    supervisor: int | None = None,
 ) -> int:
     configure_logging(log_level, log_format)
     failed = threading.Event()
+    if supervisor is not None:
+        _stop_when_orphaned(supervisor, lambda: setattr(server, "should_exit", True))
 
     def fatal() -> None:
         failed.set()
@@ -130,9 +147,24 @@ def _serve_here(
     return STARTUP_FAILED if failed.is_set() else 0
 
 
+def _stop_when_orphaned(supervisor: int, stop: Callable[[], None]) -> None:
+    """Stop this worker if its supervisor dies without stopping it (SIGKILL, OOM kill).
+
+    Without this, orphaned workers would go on serving the port, unseen and unmanaged.
+    """
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(1.0)
+        logger.error("the supervisor (pid %d) is gone; stopping this worker", supervisor)
+        stop()
+
+    threading.Thread(target=watch, name="gateway-orphan-watch", daemon=True).start()
+
+
 def _worker(
     config: GatewayConfig,
-    sock: socket.socket,
+    listener: socket.socket,
     log_level: str,
     log_format: LogFormat,
     readiness: Any,
@@ -144,7 +176,12 @@ def _worker(
     def all_ready() -> bool:
         return all(readiness)
 
-    sys.exit(_serve_here(config, sock, log_level, log_format, ready, all_ready))
+    if REUSE_PORT:
+        host, port = listener.getsockname()[:2]
+        sock = bind(host, port, workers=2, listen=True)
+    else:
+        sock = listener
+    sys.exit(_serve_here(config, sock, log_level, log_format, ready, all_ready, os.getppid()))
 
 
 def _supervise(

@@ -204,3 +204,36 @@ def test_version_flag_prints_the_version() -> None:
     gateway = GatewayProcess("--version")
     assert gateway.wait() == 0
     assert gateway.output.strip() == f"gateway {__version__}"
+
+
+def test_workers_stop_when_their_supervisor_is_killed(
+    write_config: Callable[..., Path], served: list[GatewayProcess]
+) -> None:
+    gateway = GatewayProcess(
+        "serve", "--config", str(write_config()), "--port", "0", "--workers", "2"
+    )
+    served.append(gateway)
+    url = gateway.url()
+    wait_healthy(url, "both workers")
+    workers = _children(gateway.process.pid)
+    assert len(workers) == 2
+    gateway.process.kill()
+    gateway.wait()
+    wait_until(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+        "the orphaned workers to stop",
+    )
+
+
+def _children(pid: int) -> list[int]:
+    """The worker processes whose parent is `pid` (Linux /proc), not multiprocessing's helpers."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found

@@ -1,0 +1,1257 @@
+"""Throughput, latency, CPU and memory of the gateway against `mlflow models serve`, on loopback.
+
+Run `python benchmarks/bench.py` (about 5 minutes on 2 cores). It builds the demo registry in a
+temporary directory, starts `mlflow models serve` and the gateway in five configurations, checks
+that all of them answer the same payloads with identical bytes, then drives each with `wrk` and
+writes a Markdown table and a JSON file (`--out`, default benchmark-results/latest.md) with a
+"targets" section. `--smoke` starts the same servers and only checks their answers (no wrk).
+
+Exit status: 0 when every server answered correctly, whether or not the targets are met; 1 when a
+server could not start, crashed, or answered differently from `mlflow models serve`.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import yaml
+
+from gateway import __version__ as gateway_version
+from gateway.demo import FEATURES, MODEL_NAME, build_demo, synthetic_customers
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmark-results" / "latest.md"
+
+CONNECTIONS = (1, 16, 64)
+ROWS = (1, 32)
+FEATURE_CONNECTIONS, FEATURE_ROWS = 16, 1
+# 21 cells x (warm-up + duration) + under a minute of set-up: about 5 minutes on 2 cores.
+DEFAULT_DURATION_SECONDS = 10
+MAX_DURATION_SECONDS = 60
+WARMUP_SECONDS = 2
+# wrk's default (2 s) would count MLflow's slowest answers at 64 connections as timeouts and
+# leave them out of its percentiles.
+WRK_TIMEOUT = "10s"
+USER_IDS = 10_000
+SMOKE_REQUESTS = 20
+READY_DEADLINE_SECONDS = 240.0
+STOP_DEADLINE_SECONDS = 20.0
+HTTP_TIMEOUT_SECONDS = 30.0
+RSS_SAMPLE_SECONDS = 0.25
+# Another process using more than this share of one core during a cell is worth a warning.
+OTHER_CPU_WARNING_PERCENT = 10.0
+# Each gateway worker logs this once its models are loaded. With --workers N, /health answers
+# from whichever worker accepts the probe, so it can pass while another worker is still loading.
+GATEWAY_READY_LOG = "all models loaded; ready"
+PAYLOAD_SEED = 11
+# Under the run's temporary directory; only row (c)'s server writes there.
+INFERENCE_LOG_DIR = "inference-logs"
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+FORCE_HEADER = "x-gateway-variant"
+STICKY_HEADER = "X-User-Id"
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot go on: a server did not start, crashed or answered differently."""
+
+
+class Features(StrEnum):
+    """What a server does besides predicting with the champion."""
+
+    NONE = "-"
+    SINGLE = "single"
+    SPLIT = "split 90/10 + sticky"
+    OBSERVED = "split + sticky + log + metrics"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server to start: MLflow's scoring server, or the gateway with a config."""
+
+    key: str
+    label: str
+    workers: int
+    features: Features
+    gateway_config: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        flag = "-w" if self.gateway_config is None else "--workers"
+        return f"{self.label} {flag} {self.workers}"
+
+    @property
+    def split(self) -> bool:
+        return self.features in (Features.SPLIT, Features.OBSERVED)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One measurement: a server under C connections sending R-row payloads."""
+
+    server: ServerSpec
+    connections: int
+    rows: int
+    # The table's `features` column: the server's features, lettered on the feature rows.
+    label: str
+    sticky_ids: bool = False
+
+
+@dataclass
+class Result:
+    """What one cell measured; ratios are against `mlflow models serve` at the same conns/rows."""
+
+    server: str
+    workers: int
+    connections: int
+    rows: int
+    features: str
+    requests: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms_per_request: float | None
+    rss_mib_per_worker: float | None
+    client_cpu_seconds: float
+    other_cpu_percent: float
+    steal_percent: float
+    rps_ratio: float | None = None
+    p99_ratio: float | None = None
+    cpu_seconds_by_process: dict[str, float] = field(default_factory=dict)
+    rss_mib_by_worker: dict[str, float] = field(default_factory=dict)
+    wrk_output: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal, whether it was met, and the figures that decide it."""
+
+    goal: str
+    met: bool
+    detail: str
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
+    """The yardstick and the four gateway configurations."""
+
+    def config(features: Features) -> dict[str, Any]:
+        # Adaptive batching is how the gateway is meant to run under concurrent load.
+        endpoint: dict[str, Any] = {
+            "name": MODEL_NAME,
+            "model": MODEL_NAME,
+            "batching": {"max_batch_size": 64, "max_wait_ms": 0},
+        }
+        if features is Features.SINGLE:
+            endpoint["variants"] = [{"alias": "champion", "weight": 1}]
+        else:
+            endpoint["variants"] = [
+                {"alias": "champion", "weight": 90},
+                {"alias": "challenger", "weight": 10},
+            ]
+            endpoint["sticky"] = {"header": STICKY_HEADER}
+        observed = features is Features.OBSERVED
+        return {
+            "tracking_uri": tracking_uri,
+            "endpoints": [endpoint],
+            "inference_log": {"dir": str(directory / INFERENCE_LOG_DIR), "enabled": observed},
+            "metrics": {"enabled": observed},
+        }
+
+    return [
+        ServerSpec("mlflow", "mlflow serve", 1, Features.NONE),
+        ServerSpec("gateway-1", "gateway", 1, Features.SINGLE, config(Features.SINGLE)),
+        ServerSpec("gateway-2", "gateway", 2, Features.SINGLE, config(Features.SINGLE)),
+        ServerSpec("gateway-split", "gateway", 2, Features.SPLIT, config(Features.SPLIT)),
+        ServerSpec("gateway-observed", "gateway", 2, Features.OBSERVED, config(Features.OBSERVED)),
+    ]
+
+
+# The feature rows: gateway --workers 2 at 16 connections, 1 row, by server key.
+FEATURE_ROWS_BY_KEY = {
+    "gateway-2": f"(a) {Features.SINGLE}",
+    "gateway-split": f"(b) {Features.SPLIT}",
+    "gateway-observed": f"(c) {Features.OBSERVED}",
+}
+MATRIX_KEYS = ("mlflow", "gateway-1", "gateway-2")
+
+
+def cells(specs: Sequence[ServerSpec]) -> list[Cell]:
+    """The matrix (interleaved, so that drift hits every server alike), then the feature rows."""
+    by_key = {spec.key: spec for spec in specs}
+    measured = [
+        Cell(by_key[key], connections, rows, by_key[key].features)
+        for rows in ROWS
+        for connections in CONNECTIONS
+        for key in MATRIX_KEYS
+    ]
+    # All three send the same X-User-Id headers, so only the gateway's work differs between them.
+    measured += [
+        Cell(by_key[key], FEATURE_CONNECTIONS, FEATURE_ROWS, label, sticky_ids=True)
+        for key, label in FEATURE_ROWS_BY_KEY.items()
+    ]
+    return measured
+
+
+class RunningServer:
+    """A server process (and its workers) in its own process group, logging to a file."""
+
+    def __init__(self, spec: ServerSpec, directory: Path, tracking_uri: str) -> None:
+        self.spec = spec
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = directory / f"{spec.key}.log"
+        env = _child_environment()
+        if spec.gateway_config is None:
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
+            command = [
+                *(sys.executable, "-m", "mlflow", "models", "serve"),
+                *("-m", f"models:/{MODEL_NAME}@champion", "--env-manager", "local"),
+                *("-w", str(spec.workers), "-h", "127.0.0.1", "-p", str(self.port)),
+            ]
+        else:
+            config_path = directory / f"{spec.key}.yaml"
+            config_path.write_text(yaml.safe_dump(spec.gateway_config), encoding="utf-8")
+            command = [
+                *(sys.executable, "-m", "gateway", "serve", "--config", str(config_path)),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+                # INFO: readiness is read from each worker's "ready" line (see GATEWAY_READY_LOG).
+                *("--workers", str(spec.workers), "--log-level", "INFO"),
+            ]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def ready(self, client: httpx.Client) -> bool:
+        """/health answers 200 and, for the gateway, every worker has logged that it is ready."""
+        with contextlib.suppress(httpx.TransportError):
+            if client.get(f"{self.url}/health").status_code != 200:
+                return False
+            if self.spec.gateway_config is None:
+                return True
+            log = self.log_path.read_text(encoding="utf-8", errors="replace")
+            return log.count(GATEWAY_READY_LOG) >= self.spec.workers
+        return False
+
+    def check_alive(self) -> None:
+        """Raise BenchmarkError, with the end of its log, if the server has exited."""
+        if self.process.poll() is not None:
+            raise BenchmarkError(
+                f"{self.spec.name} exited with status {self.process.returncode}:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "  (no log)"
+        return "\n".join(f"  | {line}" for line in text.splitlines()[-lines:])
+
+    def signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def stopped(self) -> bool:
+        """True once the server and every process of its group have exited."""
+        self.process.poll()
+        return not _group_members(self.pid)
+
+
+def _child_environment() -> dict[str, str]:
+    """The servers' environment: no GATEWAY_* overrides, this interpreter's scripts on PATH."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
+    # The demo's models were trained by build_demo, in this run.
+    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env["DO_NOT_TRACK"] = "true"
+    # `mlflow models serve` starts `uvicorn` from PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_servers(
+    specs: Sequence[ServerSpec], directory: Path, tracking_uri: str
+) -> Iterator[list[RunningServer]]:
+    """Start every server and wait until all are ready; stop them all on the way out, always."""
+    servers: list[RunningServer] = []
+    try:
+        for spec in specs:
+            servers.append(RunningServer(spec, directory, tracking_uri))
+        _wait_ready(servers)
+        yield servers
+    finally:
+        _stop(servers)
+
+
+def _wait_ready(servers: Sequence[RunningServer]) -> None:
+    started = time.monotonic()
+    deadline = started + READY_DEADLINE_SECONDS
+    waiting = list(servers)
+    print("waiting for " + ", ".join(f"{s.spec.name} ({s.spec.features})" for s in servers))
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
+        while waiting:
+            for server in list(waiting):
+                server.check_alive()
+                if server.ready(client):
+                    waiting.remove(server)
+            if waiting and time.monotonic() > deadline:
+                names = ", ".join(server.spec.name for server in waiting)
+                tails = "\n".join(f"{s.spec.name}:\n{s.log_tail()}" for s in waiting)
+                raise BenchmarkError(
+                    f"not ready after {READY_DEADLINE_SECONDS:.0f} s: {names}\n{tails}"
+                )
+            time.sleep(0.2)
+    print(f"all servers ready in {time.monotonic() - started:.1f} s")
+
+
+def _stop(servers: Sequence[RunningServer]) -> None:
+    """SIGTERM every process group, wait for them with one deadline, then SIGKILL what is left."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _STOP_SIGNALS}
+    try:
+        for server in servers:
+            server.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_DEADLINE_SECONDS
+        while time.monotonic() < deadline and not all(server.stopped() for server in servers):
+            time.sleep(0.1)
+        for server in servers:
+            if not server.stopped():
+                print(f"{server.spec.name} did not stop in time; killing it", file=sys.stderr)
+                server.signal_group(signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.process.wait(STOP_DEADLINE_SECONDS)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+# --- /proc sampling ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    cpu_ticks: int
+
+
+def _proc_stat(pid: int) -> ProcStat | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may itself hold spaces and parentheses.
+    fields = text[text.rindex(")") + 2 :].split()
+    return ProcStat(
+        pid, fields[0], int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
+    )
+
+
+def _all_processes() -> list[ProcStat]:
+    stats = (
+        _proc_stat(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()
+    )
+    return [stat for stat in stats if stat is not None and stat.state != "Z"]
+
+
+def _group_members(pgid: int) -> list[int]:
+    return [stat.pid for stat in _all_processes() if stat.pgid == pgid]
+
+
+def process_tree(root: int) -> list[ProcStat]:
+    """`root` and all its descendants, alive now."""
+    processes = _all_processes()
+    children: dict[int, list[ProcStat]] = {}
+    for stat in processes:
+        children.setdefault(stat.ppid, []).append(stat)
+    tree = [stat for stat in processes if stat.pid == root]
+    for stat in tree:
+        tree.extend(children.get(stat.pid, []))
+    return tree
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU time used so far, in ticks: by each process of a server, by the whole machine."""
+
+    at: float
+    by_process: dict[int, int]
+    children_seconds: float
+    machine_busy: int
+    machine_steal: int
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    """CPU used between two snapshots: by the server, by wrk, by everything else."""
+
+    server_seconds_by_process: dict[int, float]
+    client_seconds: float
+    other_percent: float
+    steal_percent: float
+
+    @property
+    def server_seconds(self) -> float:
+        return sum(self.server_seconds_by_process.values())
+
+
+def cpu_snapshot(root: int) -> CpuSnapshot:
+    """User + system ticks of `root` and its descendants, of reaped children (wrk), of all CPUs."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        # user nice system idle iowait irq softirq steal (guest time is already counted in user).
+        ticks = [int(value) for value in stat.readline().split()[1:9]]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CpuSnapshot(
+        at=time.monotonic(),
+        by_process={stat.pid: stat.cpu_ticks for stat in process_tree(root)},
+        children_seconds=children.ru_utime + children.ru_stime,
+        machine_busy=sum(ticks) - ticks[3] - ticks[4] - ticks[7],
+        machine_steal=ticks[7],
+    )
+
+
+def cpu_usage(before: CpuSnapshot, after: CpuSnapshot) -> CpuUsage:
+    elapsed = after.at - before.at
+    server = {
+        pid: (ticks - before.by_process.get(pid, 0)) / CLOCK_TICKS
+        for pid, ticks in after.by_process.items()
+    }
+    client = after.children_seconds - before.children_seconds
+    busy = (after.machine_busy - before.machine_busy) / CLOCK_TICKS
+    # What neither the server nor wrk used: other processes on the machine (and this script).
+    other = max(0.0, busy - sum(server.values()) - client)
+    steal = (after.machine_steal - before.machine_steal) / CLOCK_TICKS
+    return CpuUsage(server, client, other / elapsed * 100, steal / elapsed * 100)
+
+
+def worker_pids(root: int) -> list[int]:
+    """The processes that serve: the tree's leaves, less multiprocessing's resource tracker."""
+    tree = process_tree(root)
+    parents = {stat.ppid for stat in tree}
+    return [
+        stat.pid
+        for stat in tree
+        if stat.pid not in parents and b"multiprocessing.resource_tracker" not in _cmdline(stat.pid)
+    ]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+class RssSampler:
+    """Samples each worker's resident set size in a thread; keeps the maximum per worker."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.peaks: dict[int, float] = {}
+        self._pids = list(pids)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            for pid in self._pids:
+                rss = _rss_mib(pid)
+                if rss is not None:
+                    self.peaks[pid] = max(rss, self.peaks.get(pid, 0.0))
+            if self._stop.wait(RSS_SAMPLE_SECONDS):
+                return
+
+
+# --- payloads and answers ------------------------------------------------------------------
+
+
+def payloads() -> dict[int, bytes]:
+    """A `dataframe_split` JSON body per row count, from the demo's synthetic customers."""
+    frame, _ = synthetic_customers(rows=max(ROWS), seed=PAYLOAD_SEED)
+    data = [
+        [int(tenure), float(charges), int(calls), str(plan)]
+        for tenure, charges, calls, plan in frame[list(FEATURES)].itertuples(index=False)
+    ]
+    return {
+        rows: json.dumps(
+            {"dataframe_split": {"columns": list(FEATURES), "data": data[:rows]}}
+        ).encode()
+        for rows in ROWS
+    }
+
+
+def _post(
+    client: httpx.Client, server: RunningServer, body: bytes, headers: dict[str, str]
+) -> httpx.Response:
+    try:
+        return client.post(
+            f"{server.url}/invocations",
+            content=body,
+            headers={"Content-Type": "application/json", **headers},
+        )
+    except httpx.HTTPError as exc:
+        raise BenchmarkError(f"{server.spec.name}: request failed: {exc!r}") from exc
+
+
+def check_predictions(
+    servers: Sequence[RunningServer], bodies: dict[int, bytes]
+) -> dict[int, bytes]:
+    """Every server answers each payload with MLflow's bytes; returns MLflow's answers."""
+    reference: dict[int, bytes] = {}
+    with httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, trust_env=False) as client:
+        for server in servers:
+            # A split endpoint is forced onto the champion, the version MLflow serves.
+            headers = {FORCE_HEADER: "champion"} if server.spec.split else {}
+            for rows, body in bodies.items():
+                response = _post(client, server, body, headers)
+                answer = response.content
+                if server.spec.gateway_config is None:
+                    _check_shape(server, rows, response)
+                    reference[rows] = answer
+                    continue
+                variant = response.headers.get(FORCE_HEADER)
+                if response.status_code != 200 or answer != reference[rows]:
+                    raise BenchmarkError(
+                        f"predictions differ for the {rows}-row payload: {server.spec.name} "
+                        f"answered {response.status_code} {_clip(answer)}, mlflow serve answered "
+                        f"200 {_clip(reference[rows])}"
+                    )
+                if variant != "champion":
+                    raise BenchmarkError(
+                        f"{server.spec.name} served variant {variant!r}, expected 'champion'"
+                    )
+    print("predictions identical on every server for " + ", ".join(f"{r}-row" for r in bodies))
+    return reference
+
+
+def _check_shape(server: RunningServer, rows: int, response: httpx.Response) -> None:
+    try:
+        predictions = response.json()["predictions"]
+    except (ValueError, KeyError, TypeError):
+        predictions = None
+    if response.status_code != 200 or not isinstance(predictions, list) or len(predictions) != rows:
+        raise BenchmarkError(
+            f"{server.spec.name} answered {response.status_code} {_clip(response.content)} "
+            f"for the {rows}-row payload; expected {rows} prediction(s)"
+        )
+
+
+def _clip(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", errors="replace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+# --- smoke mode ----------------------------------------------------------------------------
+
+
+def smoke(
+    servers: Sequence[RunningServer], bodies: dict[int, bytes], reference: dict[int, bytes]
+) -> list[dict[str, Any]]:
+    """SMOKE_REQUESTS requests per server, as the load would send them; each answer checked."""
+    rows_out = []
+    with httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, trust_env=False) as client:
+        for server in servers:
+            for index in range(SMOKE_REQUESTS):
+                rows = ROWS[index % len(ROWS)]
+                headers = {STICKY_HEADER: _user_id(index)} if server.spec.split else {}
+                response = _post(client, server, bodies[rows], headers)
+                _check_shape(server, rows, response)
+                variant = response.headers.get(FORCE_HEADER, "champion")
+                if variant == "champion" and response.content != reference[rows]:
+                    raise BenchmarkError(
+                        f"predictions differ: {server.spec.name} answered "
+                        f"{_clip(response.content)} for the {rows}-row payload, mlflow serve "
+                        f"answered {_clip(reference[rows])}"
+                    )
+            rows_out.append(
+                {
+                    "server": server.spec.label,
+                    "workers": server.spec.workers,
+                    "features": server.spec.features,
+                    "answers checked": SMOKE_REQUESTS,
+                }
+            )
+            print(f"{server.spec.name} ({server.spec.features}): {SMOKE_REQUESTS} correct answers")
+    return rows_out
+
+
+def _user_id(index: int) -> str:
+    return f"user-{index % USER_IDS:05d}"
+
+
+# --- wrk -----------------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    """The path of wrk; installs the Debian package when running as root, else explains how."""
+    path = shutil.which("wrk")
+    if path is not None:
+        return path
+    command = ["apt-get", "install", "-y", "wrk"]
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise BenchmarkError(
+            "wrk is not installed; install it (Debian/Ubuntu: `sudo apt-get update && "
+            "sudo apt-get install -y wrk`), or run with --smoke to check the servers only"
+        )
+    print("wrk is not installed; running `apt-get update` and `" + " ".join(command) + "`")
+    for step in (["apt-get", "update"], command):
+        completed = subprocess.run(step, check=False, timeout=600)
+        if completed.returncode != 0:
+            raise BenchmarkError(f"`{' '.join(step)}` failed with status {completed.returncode}")
+    path = shutil.which("wrk")
+    if path is None:
+        raise BenchmarkError("apt-get installed wrk, but it is not on PATH")
+    return path
+
+
+def wrk_version(wrk: str) -> str:
+    """wrk's version line (`wrk -v` prints it, then its usage, and exits with 1)."""
+    completed = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
+    lines = (completed.stdout or completed.stderr).splitlines()
+    return lines[0].strip() if lines else "wrk"
+
+
+_STICKY_LUA = """
+-- Each request carries the next of `users` fixed user ids in the `sticky_header` header; each
+-- thread starts at a different id.
+local thread_count = 0
+function setup(thread)
+  thread:set("first_user", thread_count * 4999)
+  thread_count = thread_count + 1
+end
+
+local requests = {}
+local current = 0
+function init(args)
+  for i = 1, users do
+    local headers = {}
+    for name, value in pairs(wrk.headers) do headers[name] = value end
+    headers[sticky_header] = string.format("user-%05d", i - 1)
+    requests[i] = wrk.format(nil, nil, headers)
+  end
+  current = (first_user or 0) % users
+end
+
+function request()
+  current = current % users + 1
+  return requests[current]
+end
+"""
+
+
+def wrk_script(body: bytes, *, sticky_ids: bool) -> str:
+    """Lua for wrk: POST `body` as JSON, with a varying X-User-Id header when `sticky_ids`."""
+    text = body.decode("utf-8")
+    level = 0
+    while f"]{'=' * level}]" in text:
+        level += 1
+    script = [
+        'wrk.method = "POST"',
+        'wrk.headers["Content-Type"] = "application/json"',
+        f"wrk.body = [{'=' * level}[{text}]{'=' * level}]",
+    ]
+    if sticky_ids:
+        script += [f"users = {USER_IDS}", f'sticky_header = "{STICKY_HEADER}"', _STICKY_LUA]
+    return "\n".join(script) + "\n"
+
+
+@dataclass(frozen=True)
+class WrkFigures:
+    requests: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def parse_wrk(output: str) -> WrkFigures:
+    """Requests, req/s, p50, p99 and errors (socket errors + non-2xx/3xx) from `wrk --latency`."""
+    percentiles = {
+        int(match["p"]): float(match["value"]) * _UNIT_MS[match["unit"]]
+        for match in re.finditer(
+            r"^\s+(?P<p>50|99)%\s+(?P<value>[\d.]+)(?P<unit>us|ms|s|m|h)\s*$",
+            output,
+            re.MULTILINE,
+        )
+    }
+    requests = re.search(r"^\s+(\d+) requests in ", output, re.MULTILINE)
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if requests is None or rate is None or set(percentiles) != {50, 99}:
+        raise BenchmarkError(f"cannot read wrk's output:\n{output}")
+    errors = 0
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if socket_errors is not None:
+        errors += sum(int(count) for count in socket_errors.groups())
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non_2xx is not None:
+        errors += int(non_2xx.group(1))
+    return WrkFigures(
+        int(requests.group(1)), float(rate.group(1)), percentiles[50], percentiles[99], errors
+    )
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> str:
+    threads = min(connections, 2)
+    command = [
+        *(wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s"),
+        *("--timeout", WRK_TIMEOUT, "--latency", "-s", str(script), f"{url}/invocations"),
+    ]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=seconds + 60
+    )
+    if completed.returncode != 0:
+        raise BenchmarkError(f"wrk failed ({completed.returncode}):\n{completed.stderr}")
+    return completed.stdout
+
+
+def measure(
+    wrk: str, server: RunningServer, cell: Cell, body: bytes, directory: Path, duration: int
+) -> Result:
+    """Warm up, then drive the server for `duration` seconds, sampling its CPU and memory."""
+    script = directory / f"wrk-{'sticky' if cell.sticky_ids else 'plain'}-{cell.rows}.lua"
+    script.write_text(wrk_script(body, sticky_ids=cell.sticky_ids), encoding="utf-8")
+    run_wrk(wrk, server.url, script, cell.connections, WARMUP_SECONDS)
+    server.check_alive()
+    workers = worker_pids(server.pid)
+    before = cpu_snapshot(server.pid)
+    with RssSampler(workers) as sampler:
+        output = run_wrk(wrk, server.url, script, cell.connections, duration)
+    cpu = cpu_usage(before, cpu_snapshot(server.pid))
+    server.check_alive()
+    figures = parse_wrk(output)
+    return Result(
+        server=server.spec.label,
+        workers=server.spec.workers,
+        connections=cell.connections,
+        rows=cell.rows,
+        features=cell.label,
+        requests=figures.requests,
+        requests_per_second=figures.requests_per_second,
+        p50_ms=figures.p50_ms,
+        p99_ms=figures.p99_ms,
+        errors=figures.errors,
+        cpu_ms_per_request=(
+            cpu.server_seconds * 1000 / figures.requests if figures.requests else None
+        ),
+        rss_mib_per_worker=max(sampler.peaks.values()) if sampler.peaks else None,
+        client_cpu_seconds=round(cpu.client_seconds, 2),
+        other_cpu_percent=round(cpu.other_percent, 1),
+        steal_percent=round(cpu.steal_percent, 1),
+        cpu_seconds_by_process={
+            str(pid): round(seconds, 2) for pid, seconds in cpu.server_seconds_by_process.items()
+        },
+        rss_mib_by_worker={str(pid): round(rss, 1) for pid, rss in sampler.peaks.items()},
+        wrk_output=output,
+    )
+
+
+def add_ratios(results: Sequence[Result]) -> None:
+    """Fill each result's req/s and p99 ratios against MLflow at the same conns and rows."""
+    yardstick = {(r.connections, r.rows): r for r in results if r.server == "mlflow serve"}
+    for result in results:
+        mlflow = yardstick.get((result.connections, result.rows))
+        if mlflow is None:
+            continue
+        if mlflow.requests_per_second > 0:
+            result.rps_ratio = result.requests_per_second / mlflow.requests_per_second
+        if mlflow.p99_ms > 0:
+            result.p99_ratio = result.p99_ms / mlflow.p99_ms
+
+
+# --- targets -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observability:
+    """Whether the server of row (c) really logged and exposed metrics while it was measured."""
+
+    inference_log_bytes: int
+    metrics_status: int | None
+
+    @property
+    def active(self) -> bool:
+        return self.inference_log_bytes > 0 and self.metrics_status == 200
+
+    def describe(self) -> str:
+        metrics = "no answer" if self.metrics_status is None else str(self.metrics_status)
+        return f"inference log {self.inference_log_bytes:,} bytes, GET /metrics {metrics}"
+
+
+def check_observability(server: RunningServer, log_dir: Path) -> Observability:
+    """What row (c)'s server left: inference-log bytes on disk and the status of /metrics."""
+    written = sum(path.stat().st_size for path in log_dir.rglob("*") if path.is_file())
+    try:
+        with httpx.Client(timeout=HTTP_TIMEOUT_SECONDS, trust_env=False) as client:
+            status: int | None = client.get(f"{server.url}/metrics").status_code
+    except httpx.HTTPError:
+        status = None
+    return Observability(written, status)
+
+
+def evaluate_targets(
+    results: Sequence[Result], observability: Observability | None = None
+) -> list[Target]:
+    """The goals the gateway is built for, checked against this run's figures."""
+
+    def find(features: str, connections: int, rows: int, workers: int = 1) -> Result | None:
+        return next(
+            (
+                r
+                for r in results
+                if r.features == features
+                and r.connections == connections
+                and r.rows == rows
+                and r.workers == workers
+            ),
+            None,
+        )
+
+    targets: list[Target] = []
+    mlflow = find(Features.NONE, FEATURE_CONNECTIONS, FEATURE_ROWS)
+    observed = find(FEATURE_ROWS_BY_KEY["gateway-observed"], FEATURE_CONNECTIONS, FEATURE_ROWS)
+    split = find(FEATURE_ROWS_BY_KEY["gateway-split"], FEATURE_CONNECTIONS, FEATURE_ROWS)
+    where = f"{FEATURE_ROWS} row, {FEATURE_CONNECTIONS} conns, split + sticky + log + metrics"
+    if mlflow is not None and observed is not None:
+        ratio = observed.requests_per_second / mlflow.requests_per_second
+        targets.append(
+            Target(
+                f"{where}: req/s >= 20x mlflow's",
+                ratio >= 20,
+                f"{observed.requests_per_second:.0f} vs {mlflow.requests_per_second:.0f} "
+                f"req/s = {ratio:.1f}x",
+            )
+        )
+        targets.append(
+            Target(
+                f"{where}: p99 <= 1/10 of mlflow's",
+                observed.p99_ms * 10 <= mlflow.p99_ms,
+                f"{observed.p99_ms:.2f} vs {mlflow.p99_ms:.2f} ms = "
+                f"1/{mlflow.p99_ms / observed.p99_ms:.1f}",
+            )
+        )
+    single_conn = [
+        r for r in results if r.server == "gateway" and (r.connections, r.rows) == (1, 1)
+    ]
+    if single_conn:
+        targets.append(
+            Target(
+                "1 row, 1 conn: gateway p50 <= 1 ms",
+                all(r.p50_ms <= 1.0 for r in single_conn),
+                ", ".join(f"--workers {r.workers}: {r.p50_ms:.2f} ms" for r in single_conn),
+            )
+        )
+    if split is not None and observed is not None:
+        change = observed.requests_per_second / split.requests_per_second - 1
+        detail = (
+            f"{observed.requests_per_second:.0f} vs {split.requests_per_second:.0f} req/s "
+            f"({change:+.1%}); p50 {observed.p50_ms:.2f} vs {split.p50_ms:.2f} ms"
+        )
+        # A gateway that neither logs nor serves /metrics would meet this target for free.
+        active = observability is None or observability.active
+        if observability is not None:
+            detail += f"; row (c) left {observability.describe()}"
+            if not active:
+                detail += ", so (c) did not log and expose metrics: their cost is not measured"
+        targets.append(
+            Target(
+                "inference log + metrics on costs <= 10% req/s (c vs b)",
+                active and change >= -0.10,
+                detail,
+            )
+        )
+    pairs = [
+        (one, two)
+        for rows in ROWS
+        for connections in CONNECTIONS
+        if (one := find(Features.SINGLE, connections, rows, workers=1)) is not None
+        and (two := find(Features.SINGLE, connections, rows, workers=2)) is not None
+    ]
+    if pairs:
+        slower = [
+            f"{one.connections} conns/{one.rows} rows: {two.requests_per_second:.1f} vs "
+            f"{one.requests_per_second:.1f} req/s"
+            for one, two in pairs
+            if two.requests_per_second < one.requests_per_second
+        ]
+        ratios = [two.requests_per_second / one.requests_per_second for one, two in pairs]
+        targets.append(
+            Target(
+                "--workers 2 never slower than --workers 1",
+                not slower,
+                "slower at " + "; ".join(slower)
+                if slower
+                else f"{len(pairs)} cells, --workers 2 at {min(ratios):.2f}x-{max(ratios):.2f}x",
+            )
+        )
+    errors = sum(r.errors for r in results)
+    failing = [
+        f"{r.server} -w {r.workers} {r.connections} conns/{r.rows} rows {r.features}: {r.errors}"
+        for r in results
+        if r.errors
+    ]
+    targets.append(
+        Target(
+            "0 errors (non-2xx and socket errors)",
+            errors == 0,
+            f"{errors} errors in {sum(r.requests for r in results)} requests"
+            + (": " + "; ".join(failing) if failing else ""),
+        )
+    )
+    return targets
+
+
+# --- report --------------------------------------------------------------------------------
+
+COLUMNS = (
+    "server",
+    "workers",
+    "conns",
+    "rows",
+    "features",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "errors",
+    "CPU ms/req",
+    "RSS MiB/worker",
+    "req/s vs mlflow",
+    "p99 vs mlflow",
+)
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def result_row(result: Result) -> list[str]:
+    return [
+        result.server,
+        str(result.workers),
+        str(result.connections),
+        str(result.rows),
+        result.features,
+        _number(result.requests_per_second, 0),
+        _number(result.p50_ms, 2),
+        _number(result.p99_ms, 2),
+        str(result.errors),
+        _number(result.cpu_ms_per_request, 2),
+        _number(result.rss_mib_per_worker, 0),
+        _ratio(result.rps_ratio),
+        _ratio(result.p99_ratio),
+    ]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table padded to line up in a terminal; numbers right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    numeric = [
+        all(re.fullmatch(r"[\d.,x]+|n/a", row[i]) for row in rows) if rows else False
+        for i in range(len(header))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        )
+        return "| " + " | ".join(padded) + " |"
+
+    rule = (
+        "|"
+        + "|".join(
+            "-" * (width + 1) + ":" if right else "-" * (width + 2)
+            for width, right in zip(widths, numeric, strict=True)
+        )
+        + "|"
+    )
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def environment(wrk: str | None) -> dict[str, Any]:
+    """What the figures depend on: machine, interpreter, versions."""
+    import mlflow
+
+    cpu_model = "?"
+    with contextlib.suppress(OSError):
+        match = re.search(
+            r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE
+        )
+        cpu_model = match.group(1).strip() if match else cpu_model
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "mlflow": mlflow.__version__,
+        "gateway": gateway_version,
+        "wrk": wrk_version(wrk) if wrk else None,
+    }
+
+
+def _preamble(env: dict[str, Any], settings: dict[str, Any]) -> str:
+    machine = f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}"
+    versions = f"MLflow {env['mlflow']}, gateway {env['gateway']}"
+    if env["wrk"]:
+        versions += f", {env['wrk']}"
+    text = f"{env['date']}; {machine}; {versions}.\n"
+    if not settings["smoke"]:
+        text += (
+            f"Each cell: {settings['warmup_seconds']} s warm-up, then {settings['duration_seconds']} s "
+            f"of wrk in a closed loop (`-c conns -t min(conns, 2)`) on 127.0.0.1; "
+            f"payloads are `dataframe_split` JSON. Ratios are gateway / mlflow serve at the same "
+            f"conns and rows.\n"
+        )
+    return text
+
+
+def disturbance_notes(results: Sequence[Result]) -> list[str]:
+    """A warning when other processes or the hypervisor took a noticeable share of the CPU."""
+
+    def taken(result: Result) -> float:
+        return result.other_cpu_percent + result.steal_percent
+
+    disturbed = [r for r in results if taken(r) > OTHER_CPU_WARNING_PERCENT]
+    if not disturbed:
+        return []
+    worst = max(disturbed, key=taken)
+    mean = sum(taken(r) for r in results) / len(results)
+    return [
+        f"Other processes (or the hypervisor, as steal time) took more than "
+        f"{OTHER_CPU_WARNING_PERCENT:.0f}% of a core during {len(disturbed)} of {len(results)} "
+        f"cells (mean {mean:.0f}%, at most {taken(worst):.0f}% during {worst.server} "
+        f"-w {worst.workers}, {worst.connections} conns, {worst.rows} rows, {worst.features}); "
+        f"those figures are lower than an undisturbed server gets on this machine. "
+        f"`other_cpu_percent` and `steal_percent` in the JSON have it per cell."
+    ]
+
+
+def write_report(
+    out: Path,
+    document: dict[str, Any],
+    table: str,
+    targets: Sequence[Target],
+    notes: Sequence[str] = (),
+) -> str:
+    """Write the Markdown report to `out` and the JSON document beside it; return the Markdown."""
+    title = (
+        "Gateway benchmark (smoke: answers checked, nothing measured)"
+        if document["settings"]["smoke"]
+        else "Gateway benchmark"
+    )
+    parts = [f"# {title}\n", _preamble(document["environment"], document["settings"]), table, ""]
+    if targets:
+        parts.append("## Targets\n")
+        parts += [f"- **{'MET' if t.met else 'NOT MET'}** {t.goal}: {t.detail}" for t in targets]
+        parts.append("")
+    if notes:
+        parts.append("## Notes\n")
+        parts += [f"- {note}" for note in notes]
+        parts.append("")
+    markdown = "\n".join(parts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown, encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return markdown
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="start every server and check its answers; no wrk"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="Markdown report; the JSON goes beside it (default benchmark-results/latest.md)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_duration,
+        default=DEFAULT_DURATION_SECONDS,
+        metavar="SECONDS",
+        help=f"measured seconds per cell, after a {WARMUP_SECONDS} s warm-up "
+        f"(default {DEFAULT_DURATION_SECONDS}, at most {MAX_DURATION_SECONDS})",
+    )
+    return parser
+
+
+def _duration(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_DURATION_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_DURATION_SECONDS}, got {value}")
+    return value
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark (or the smoke check); returns the exit status."""
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run(args)
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every server was stopped", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    wrk = None if args.smoke else ensure_wrk()
+    bodies = payloads()
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temporary:
+        directory = Path(temporary)
+        print(f"building the demo registry in {directory} (about 15 s)", flush=True)
+        config_path = build_demo(directory / "registry")
+        tracking_uri = str(yaml.safe_load(config_path.read_text(encoding="utf-8"))["tracking_uri"])
+        specs = server_specs(tracking_uri, directory)
+        with running_servers(specs, directory, tracking_uri) as servers:
+            reference = check_predictions(servers, bodies)
+            settings = {
+                "smoke": args.smoke,
+                "duration_seconds": args.duration,
+                "warmup_seconds": WARMUP_SECONDS,
+                "wrk_timeout": WRK_TIMEOUT,
+                "user_ids": USER_IDS,
+            }
+            if args.smoke:
+                checked = smoke(servers, bodies, reference)
+                table = markdown_table(
+                    ["server", "workers", "features", "answers checked"],
+                    [[str(row[key]) for key in row] for row in checked],
+                )
+                document = {
+                    "environment": environment(None),
+                    "settings": settings,
+                    "smoke": checked,
+                }
+                print("\n" + write_report(args.out, document, table, []))
+                return 0
+            assert wrk is not None
+            results = _measure_all(wrk, servers, bodies, directory, args.duration)
+            observed = next(s for s in servers if s.spec.features is Features.OBSERVED)
+            observability = check_observability(observed, directory / INFERENCE_LOG_DIR)
+    add_ratios(results)
+    targets = evaluate_targets(results, observability)
+    table = markdown_table(COLUMNS, [result_row(r) for r in results])
+    document = {
+        "environment": environment(wrk),
+        "settings": settings,
+        "results": [asdict(r) for r in results],
+        "observability": asdict(observability),
+        "targets": [asdict(t) for t in targets],
+    }
+    notes = disturbance_notes(results)
+    print("\n" + write_report(args.out, document, table, targets, notes))
+    print(f"written: {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
+def _measure_all(
+    wrk: str,
+    servers: Sequence[RunningServer],
+    bodies: dict[int, bytes],
+    directory: Path,
+    duration: int,
+) -> list[Result]:
+    by_key = {server.spec.key: server for server in servers}
+    planned = cells([server.spec for server in servers])
+    minutes = len(planned) * (WARMUP_SECONDS + duration) / 60
+    print(f"measuring {len(planned)} cells, about {minutes:.1f} minutes", flush=True)
+    results = []
+    for index, cell in enumerate(planned, start=1):
+        server = by_key[cell.server.key]
+        result = measure(wrk, server, cell, bodies[cell.rows], directory, duration)
+        results.append(result)
+        print(
+            f"[{index:2}/{len(planned)}] {server.spec.name:<20} {cell.label:<38} "
+            f"{cell.connections:>2} conns {cell.rows:>2} rows: "
+            f"{result.requests_per_second:8.1f} req/s  p50 {result.p50_ms:8.2f} ms  "
+            f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}",
+            flush=True,
+        )
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())
