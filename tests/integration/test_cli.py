@@ -58,9 +58,12 @@ class GatewayProcess:
 
     def wait(self, timeout: float = 120) -> int:
         code = self.process.wait(timeout)
-        self._reader.join(10)
+        # Workers that outlive their supervisor for a moment keep the pipe open; closing it under
+        # the reader would block, so it is closed only once the reader has seen its end.
+        self._reader.join(30)
         assert self.process.stdout is not None
-        self.process.stdout.close()
+        if not self._reader.is_alive():
+            self.process.stdout.close()
         return code
 
 
