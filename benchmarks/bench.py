@@ -185,12 +185,21 @@ def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
         ServerSpec("mlflow", "mlflow serve", 1, Features.NONE),
         ServerSpec("gateway-1", "gateway", 1, Features.SINGLE, config(Features.SINGLE)),
         ServerSpec("gateway-2", "gateway", 2, Features.SINGLE, config(Features.SINGLE)),
-        ServerSpec("gateway-split", "gateway", 2, Features.SPLIT, config(Features.SPLIT)),
-        ServerSpec("gateway-observed", "gateway", 2, Features.OBSERVED, config(Features.OBSERVED)),
+        ServerSpec(
+            "gateway-split", "gateway", FEATURE_WORKERS, Features.SPLIT, config(Features.SPLIT)
+        ),
+        ServerSpec(
+            "gateway-observed",
+            "gateway",
+            FEATURE_WORKERS,
+            Features.OBSERVED,
+            config(Features.OBSERVED),
+        ),
     ]
 
 
 # The feature rows: gateway --workers 2 at 16 connections, 1 row, by server key.
+FEATURE_WORKERS = 2
 FEATURE_ROWS_BY_KEY = {
     "gateway-2": f"(a) {Features.SINGLE}",
     "gateway-split": f"(b) {Features.SPLIT}",
@@ -873,9 +882,17 @@ def evaluate_targets(
 
     targets: list[Target] = []
     mlflow = find(Features.NONE, FEATURE_CONNECTIONS, FEATURE_ROWS)
-    observed = find(FEATURE_ROWS_BY_KEY["gateway-observed"], FEATURE_CONNECTIONS, FEATURE_ROWS)
-    split = find(FEATURE_ROWS_BY_KEY["gateway-split"], FEATURE_CONNECTIONS, FEATURE_ROWS)
+    observed = find(
+        FEATURE_ROWS_BY_KEY["gateway-observed"], FEATURE_CONNECTIONS, FEATURE_ROWS, FEATURE_WORKERS
+    )
+    split = find(
+        FEATURE_ROWS_BY_KEY["gateway-split"], FEATURE_CONNECTIONS, FEATURE_ROWS, FEATURE_WORKERS
+    )
     where = f"{FEATURE_ROWS} row, {FEATURE_CONNECTIONS} conns, split + sticky + log + metrics"
+    if mlflow is None or observed is None or split is None:
+        targets.append(
+            Target(f"{where}: the feature rows", False, "NOT MEASURED: a row is missing")
+        )
     if mlflow is not None and observed is not None:
         ratio = observed.requests_per_second / mlflow.requests_per_second
         targets.append(
