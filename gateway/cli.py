@@ -1,12 +1,15 @@
 """The `gateway` command: serve, check, rollout, logs summary and demo."""
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +19,8 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# prometheus-client's multiprocess directory; gateway.metrics reads it when first imported.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -135,6 +140,37 @@ def _check(config: GatewayConfig, *, show: bool = True) -> int:
 
 
 def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
+    with _metrics_directory(args.workers):
+        return _serve_with_metrics(config, args)
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """An empty PROMETHEUS_MULTIPROC_DIR, before prometheus-client is first imported.
+
+    The one given is made if missing and emptied, so counts of an earlier run never leak into this
+    one; `--workers N` without one gets a temporary directory, removed at the end.
+    """
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield
+    elif workers > 1:
+        directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(directory)
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_ENV]
+            shutil.rmtree(directory, ignore_errors=True)
+    else:
+        yield
+
+
+def _serve_with_metrics(config: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.logconfig import configure_logging
     from gateway.server import serve
 

@@ -1,7 +1,7 @@
 """Every Prometheus metric of the gateway, declared once, and their exposition for one or N workers.
 
-With `--workers N` each worker writes its values to PROMETHEUS_MULTIPROC_DIR (set by
-`gateway serve` before any worker starts) and a scrape of any worker merges all of them. Every
+With `--workers N` each worker writes its values to PROMETHEUS_MULTIPROC_DIR (made or emptied
+by `gateway serve` before this module is first imported) and a scrape of any worker merges all of them. Every
 gauge therefore names its multiprocess mode. Label values are bounded: configured endpoint and
 variant names, version numbers, HTTP status codes and a fixed set of reasons.
 """

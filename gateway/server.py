@@ -4,16 +4,13 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -86,31 +83,7 @@ def serve(
     """Serve until SIGINT/SIGTERM; the exit status: 0, or non-zero when the models cannot load."""
     if workers == 1:
         return _serve_here(config, sock, log_level, log_format, on_ready)
-    with _metrics_directory():
-        return _supervise(config, sock, workers, log_level, log_format)
-
-
-@contextlib.contextmanager
-def _metrics_directory() -> Iterator[None]:
-    """An empty PROMETHEUS_MULTIPROC_DIR for the workers: the one given, or a temporary one.
-
-    Emptied before the workers start so that counts of an earlier run never leak into this one.
-    """
-    given = os.environ.get(metrics.MULTIPROC_ENV)
-    if given:
-        directory = Path(given)
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob("*.db"):
-            stale.unlink()
-        yield
-        return
-    directory = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
-    os.environ[metrics.MULTIPROC_ENV] = str(directory)
-    try:
-        yield
-    finally:
-        del os.environ[metrics.MULTIPROC_ENV]
-        shutil.rmtree(directory, ignore_errors=True)
+    return _supervise(config, sock, workers, log_level, log_format)
 
 
 def _serve_here(

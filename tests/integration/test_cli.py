@@ -240,3 +240,38 @@ def _children(pid: int) -> list[int]:
         if int(fields[1]) == pid and b"spawn_main" in command:
             found.append(int(stat.parent.name))
     return found
+
+
+def test_a_given_metrics_directory_is_made_and_emptied_before_serving(
+    tmp_path: Path, write_config: Callable[..., Path], served: list[GatewayProcess]
+) -> None:
+    missing = tmp_path / "not" / "yet" / "metrics"
+    gateway = GatewayProcess(
+        "serve",
+        "--config",
+        str(write_config()),
+        "--port",
+        "0",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(missing)},
+    )
+    served.append(gateway)
+    url = gateway.url()
+    wait_healthy(url)
+    assert httpx.get(f"{url}/metrics").status_code == 200
+    gateway.process.send_signal(signal.SIGTERM)
+    # One process: uvicorn drains, then re-raises the SIGTERM it caught, as services conventionally exit.
+    assert gateway.wait() in (0, -signal.SIGTERM)
+    # A restart finds the last run's files and starts from zero.
+    stale = {path.name for path in missing.glob("*.db")}
+    assert stale
+    again = GatewayProcess(
+        "serve",
+        "--config",
+        str(write_config()),
+        "--port",
+        "0",
+        env={"PROMETHEUS_MULTIPROC_DIR": str(missing)},
+    )
+    served.append(again)
+    wait_healthy(again.url())
+    assert not stale & {path.name for path in missing.glob("*.db")}
