@@ -3,7 +3,9 @@
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,40 +70,23 @@ def _pipeline(regularisation: float) -> object:
     return Pipeline([("encode", encode), ("classify", LogisticRegression(C=regularisation))])
 
 
-def build_demo(directory: Path) -> Path:
-    """Create (or reuse) the demo registry in `directory`; return the path of its gateway.yaml."""
+# alias -> the regularisation of its logistic regression.
+VARIANTS = {"champion": 1.0, "challenger": 0.05}
+
+
+def register_models(client: Any, experiment_id: str, existing: Mapping[str, str]) -> dict[str, str]:
+    """Train and register the demo's version of every alias missing from `existing`.
+
+    Uses MLflow's current tracking URI for the runs; returns each alias's version.
+    """
     import mlflow
-    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
-    from mlflow.tracking import MlflowClient
 
-    directory = directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
-    config_path = directory / "gateway.yaml"
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        aliases = client.get_registered_model(MODEL_NAME).aliases
-    except MlflowException:
-        aliases = {}
-    if {"champion", "challenger"} <= set(aliases) and config_path.exists():
-        logger.info("reusing the demo registry in %s", directory)
-        return config_path
-
-    logger.info("creating the demo registry in %s (about 15 s, once)", directory)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    experiment = mlflow.get_experiment_by_name("gateway-demo")
-    experiment_id = (
-        experiment.experiment_id
-        if experiment is not None
-        else mlflow.create_experiment(
-            "gateway-demo", artifact_location=(directory / "artifacts").as_uri()
-        )
-    )
+    versions = dict(existing)
     features, labels = synthetic_customers(rows=4_000, seed=7)
-    for alias, regularisation in (("champion", 1.0), ("challenger", 0.05)):
+    for alias, regularisation in VARIANTS.items():
+        if alias in versions:
+            continue
         model = _pipeline(regularisation)
         model.fit(features, labels)  # type: ignore[attr-defined]
         with warnings.catch_warnings():
@@ -117,7 +102,45 @@ def build_demo(directory: Path) -> Path:
                 registered_model_name=MODEL_NAME,
                 serialization_format="skops",
             )
-        client.set_registered_model_alias(MODEL_NAME, alias, str(info.registered_model_version))
+        versions[alias] = str(info.registered_model_version)
+        client.set_registered_model_alias(MODEL_NAME, alias, versions[alias])
+        logger.info("registered %s version %s as @%s", MODEL_NAME, versions[alias], alias)
+    return {alias: versions[alias] for alias in VARIANTS}
+
+
+def build_demo(directory: Path) -> Path:
+    """Create (or reuse) the demo registry in `directory`; return the path of its gateway.yaml."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    config_path = directory / "gateway.yaml"
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        aliases = client.get_registered_model(MODEL_NAME).aliases
+    except MlflowException:
+        aliases = {}
+    if set(VARIANTS) <= set(aliases) and config_path.exists():
+        logger.info("reusing the demo registry in %s", directory)
+        return config_path
+
+    logger.info("creating the demo registry in %s (about 15 s, once)", directory)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    experiment = mlflow.get_experiment_by_name("gateway-demo")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else mlflow.create_experiment(
+            "gateway-demo", artifact_location=(directory / "artifacts").as_uri()
+        )
+    )
+    # A registry left half-made by an interrupted first run is completed, not duplicated.
+    register_models(client, experiment_id, dict(aliases))
     config_path.write_text(
         CONFIG_TEMPLATE.format(
             tracking_uri=tracking_uri, model=MODEL_NAME, log_dir=directory / "inference-logs"

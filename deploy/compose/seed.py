@@ -9,20 +9,16 @@ already it changes nothing, so a restarted stack keeps its registry as ops left 
 import logging
 import os
 import sys
-import warnings
 
 import mlflow
 from mlflow import MlflowClient  # noqa: TID251 (a script of its own: it sets the registry's aliases)
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 
-from gateway.demo import MODEL_NAME, _pipeline, synthetic_customers
+from gateway.demo import MODEL_NAME, VARIANTS, register_models
 
 logger = logging.getLogger("seed")
 
 EXPERIMENT = "gateway-demo"
-# alias -> the regularisation of its logistic regression, as in `gateway demo`.
-VARIANTS = {"champion": 1.0, "challenger": 0.05}
 
 
 def seed(client: MlflowClient) -> dict[str, str]:
@@ -39,30 +35,7 @@ def seed(client: MlflowClient) -> dict[str, str]:
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(EXPERIMENT)
-    features, labels = synthetic_customers(rows=4_000, seed=7)
-    for alias, regularisation in VARIANTS.items():
-        if alias in aliases:
-            continue
-        model = _pipeline(regularisation)
-        model.fit(features, labels)
-        with warnings.catch_warnings():
-            # The integer columns are deliberate: the demo's data has no missing values.
-            warnings.simplefilter("ignore", UserWarning)
-            signature = infer_signature(features.head(20), model.predict(features.head(20)))
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"demo-{alias}"):
-            info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=features.head(3),
-                registered_model_name=MODEL_NAME,
-                serialization_format="skops",
-            )
-        version = str(info.registered_model_version)
-        client.set_registered_model_alias(MODEL_NAME, alias, version)
-        aliases[alias] = version
-        logger.info("registered %s version %s as @%s", MODEL_NAME, version, alias)
-    return {alias: aliases[alias] for alias in VARIANTS}
+    return register_models(client, experiment_id, aliases)
 
 
 def main() -> int:
