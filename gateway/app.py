@@ -91,7 +91,10 @@ def create_app(
         return Response(reply.body, reply.status_code, reply.headers, media_type=JSON)
 
     async def metrics_text(request: Request) -> Response:
-        body, content_type = metrics.exposition(request.headers.get("accept"))
+        # With several workers this reads every worker's files: off the event loop.
+        body, content_type = await asyncio.to_thread(
+            metrics.exposition, request.headers.get("accept")
+        )
         return Response(body, headers={"content-type": content_type})
 
     async def ping(request: Request) -> Response:

@@ -178,3 +178,15 @@ def loaded_versions(make_config: Callable[..., GatewayConfig]) -> dict[str, Any]
         version: registry.load(ModelVersion("churn", version, None)).pyfunc.predict(frame).tolist()
         for version in ("1", "2")
     }
+
+
+def test_metrics_speak_prometheus_text_or_openmetrics_as_asked(gateway_url: str) -> None:
+    invoke(gateway_url)
+    plain = httpx.get(f"{gateway_url}/metrics")
+    assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "gateway_requests_total{" in plain.text
+    open_metrics = httpx.get(
+        f"{gateway_url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert open_metrics.text.endswith("# EOF\n")
