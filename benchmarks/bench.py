@@ -534,19 +534,60 @@ class RssSampler:
 # --- payloads and answers ------------------------------------------------------------------
 
 
-def payloads() -> dict[int, bytes]:
+def payloads(features: Sequence[str]) -> dict[int, bytes]:
     """A `dataframe_split` JSON body per row count, from the demo's synthetic customers."""
     frame, _ = synthetic_customers(rows=max(ROWS), seed=PAYLOAD_SEED)
+    columns = frame[list(features)]
     data = [
-        [int(tenure), float(charges), int(calls), str(plan)]
-        for tenure, charges, calls, plan in frame[list(FEATURES)].itertuples(index=False)
+        [value.item() if hasattr(value, "item") else value for value in row]
+        for row in columns.itertuples(index=False)
     ]
     return {
         rows: json.dumps(
-            {"dataframe_split": {"columns": list(FEATURES), "data": data[:rows]}}
+            {"dataframe_split": {"columns": list(features), "data": data[:rows]}}
         ).encode()
         for rows in ROWS
     }
+
+
+# The model that the issue's reference figures for `mlflow models serve` were taken with: a plain
+# LogisticRegression on numeric columns, no preprocessing pipeline.
+NUMERIC_FEATURES = ("tenure_months", "monthly_charges", "support_calls")
+MODELS = ("pipeline", "logistic")
+
+
+def build_logistic_registry(directory: Path) -> str:
+    """A sqlite registry with `churn` v1 @champion and v2 @challenger as plain LogisticRegressions."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from gateway.demo import VARIANTS
+
+    directory.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, uri)
+    experiment = mlflow.create_experiment(
+        "bench", artifact_location=(directory / "artifacts").as_uri()
+    )
+    frame, labels = synthetic_customers(rows=4_000, seed=7)
+    features = frame[list(NUMERIC_FEATURES)].astype("float64")
+    for alias, regularisation in VARIANTS.items():
+        model = LogisticRegression(C=regularisation).fit(features, labels)
+        signature = infer_signature(features.head(20), model.predict(features.head(20)))
+        with mlflow.start_run(experiment_id=experiment, run_name=f"bench-{alias}"):
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                registered_model_name=MODEL_NAME,
+                serialization_format="skops",
+            )
+        client.set_registered_model_alias(MODEL_NAME, alias, str(info.registered_model_version))
+    return uri
 
 
 def _post(
@@ -1075,6 +1116,12 @@ def environment(wrk: str | None) -> dict[str, Any]:
     }
 
 
+_MODEL_WORDS = {
+    "pipeline": "the demo's scikit-learn Pipeline (ColumnTransformer: StandardScaler + OneHotEncoder, then LogisticRegression) on 4 columns",
+    "logistic": "a plain scikit-learn LogisticRegression on 3 numeric columns",
+}
+
+
 def _preamble(env: dict[str, Any], settings: dict[str, Any]) -> str:
     machine = f"{env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}"
     versions = f"MLflow {env['mlflow']}, gateway {env['gateway']}"
@@ -1086,7 +1133,7 @@ def _preamble(env: dict[str, Any], settings: dict[str, Any]) -> str:
             f"Each cell: {settings['warmup_seconds']} s warm-up, then {settings['duration_seconds']} s "
             f"of wrk in a closed loop (`-c conns -t min(conns, 2)`) on 127.0.0.1; "
             f"payloads are `dataframe_split` JSON. Ratios are gateway / mlflow serve at the same "
-            f"conns and rows.\n"
+            f"conns and rows. Model: {_MODEL_WORDS[settings.get('model', 'pipeline')]}.\n"
         )
     return text
 
@@ -1158,6 +1205,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Markdown report; the JSON goes beside it (default benchmark-results/latest.md)",
     )
     parser.add_argument(
+        "--model",
+        choices=MODELS,
+        default="pipeline",
+        help="pipeline: the demo's models (default); logistic: a plain LogisticRegression, "
+        "the model of the reference figures for mlflow models serve",
+    )
+    parser.add_argument(
         "--duration",
         type=_duration,
         default=DEFAULT_DURATION_SECONDS,
@@ -1195,16 +1249,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     wrk = None if args.smoke else ensure_wrk()
-    bodies = payloads()
+    bodies = payloads(NUMERIC_FEATURES if args.model == "logistic" else FEATURES)
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as temporary:
         directory = Path(temporary)
-        print(f"building the demo registry in {directory} (about 15 s)", flush=True)
-        config_path = build_demo(directory / "registry")
-        tracking_uri = str(yaml.safe_load(config_path.read_text(encoding="utf-8"))["tracking_uri"])
+        print(f"building the {args.model} registry in {directory} (about 15 s)", flush=True)
+        if args.model == "logistic":
+            tracking_uri = build_logistic_registry(directory / "registry")
+        else:
+            config_path = build_demo(directory / "registry")
+            tracking_uri = str(
+                yaml.safe_load(config_path.read_text(encoding="utf-8"))["tracking_uri"]
+            )
         specs = server_specs(tracking_uri, directory)
         with running_servers(specs, directory, tracking_uri) as servers:
             reference = check_predictions(servers, bodies)
             settings = {
+                "model": args.model,
                 "smoke": args.smoke,
                 "duration_seconds": args.duration,
                 "warmup_seconds": WARMUP_SECONDS,

@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import uuid
@@ -161,6 +162,10 @@ async def _keep_models(
         if on_fatal is not None:
             on_fatal()
         return
+    # What loading left on the heap (MLflow, pandas, the models) will live as long as the process:
+    # out of the collector's sight, so full collections stop walking it (long GC pauses = p99).
+    gc.collect()
+    gc.freeze()
     logger.info("all models loaded; ready")
     if on_ready is not None:
         on_ready()
