@@ -44,8 +44,3 @@ class GatewayError(Exception):
     def to_dict(self) -> dict[str, str]:
         """The MLflow-style error body."""
         return {"error_code": self.error_code, "message": self.message, **self.classification}
-
-
-def status_for(error_code: str) -> int:
-    """The HTTP status of an MLflow or gateway error code; unknown codes are server errors."""
-    return HTTP_STATUS.get(error_code, 500)

@@ -108,16 +108,6 @@ class Registry:
         aliases = {alias: str(version) for alias, version in (found.aliases or {}).items()}
         return ModelState(aliases=aliases, tags=dict(found.tags or {}))
 
-    def version_of(self, model: str, version: str) -> ModelVersion:
-        """A version by number, with its run."""
-        try:
-            found = self._client.get_model_version(model, version)
-        except MlflowException as exc:
-            raise RegistryError(
-                f"models:/{model}/{version} (registry {self.registry_uri}): {_first_line(exc.message)}"
-            ) from exc
-        return ModelVersion(model=model, version=str(found.version), run_id=found.run_id)
-
     def set_tag(self, model: str, key: str, value: str) -> None:
         """Set a registered-model tag."""
         self._client.set_registered_model_tag(model, key, value)
