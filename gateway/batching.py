@@ -2,10 +2,14 @@
 
 A request that arrives while no batch of its version is being predicted is predicted at once, so
 a request alone never waits. Requests that arrive while a batch is being predicted queue up and
-go together in the next one (up to `max_batch_size` rows); a batch of several requests that is not
-full may wait `max_wait_ms` for more. Only requests that would be predicted the same way are
-merged: DataFrames with the same columns and dtypes and the same params. If a merged `predict`
-fails, each request of the batch is predicted alone, so a bad request fails alone and its
+go together in the next one (up to `max_batch_size` requests and as many rows); a batch of
+several requests that is not full may wait `max_wait_ms` for more.
+
+A batch is one hand-off to a worker thread, which parses every request of it, merges those that
+would be predicted the same way (rows that the model's frame plan builds, with the same params;
+or DataFrames with the same columns, dtypes and params), predicts each group in one call and
+splits the predictions back. A request that cannot be parsed fails alone; if a merged `predict`
+fails, each request of its group is predicted alone, so a bad request fails alone and its
 neighbours get exactly what they would have got by themselves.
 """
 
@@ -13,54 +17,51 @@ import asyncio
 import json
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from gateway import metrics, payload
 from gateway.config import Batching
 from gateway.errors import GatewayError
-from gateway.prediction import per_row, predict_parsed
+from gateway.frame_plan import PlannedRows
+from gateway.prediction import parse, per_row, predict_parsed, predict_raw, row_count
 from gateway.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 
+_Item = TypeVar("_Item")
+
+
+@dataclass(frozen=True)
+class Batched:
+    """One request's encoded predictions and how many rows it had."""
+
+    body: bytes
+    rows: int
+
+
+@dataclass(frozen=True)
+class _Request:
+    body_format: payload.Format
+    body: bytes
+
 
 @dataclass
 class _Waiting:
-    model_input: payload.ModelInput
-    future: asyncio.Future[bytes]
-    key: tuple[Any, ...] = field(default=())
+    request: _Request
+    future: "asyncio.Future[Batched]"
 
 
-def batch_key(model_input: payload.ModelInput) -> tuple[Any, ...] | None:
-    """What requests must share to be merged; None for input that is never merged."""
-    data = model_input.data
-    if model_input.unwrapped or not isinstance(data, pd.DataFrame) or len(data) == 0:
-        return None
-    if not isinstance(data.index, pd.RangeIndex):
-        return None
-    params = json.dumps(model_input.params, sort_keys=True, default=str)
-    return (tuple(data.columns), tuple(str(dtype) for dtype in data.dtypes), params)
+@dataclass(frozen=True)
+class _Planned:
+    """A request whose rows the model's frame plan built."""
 
-
-def take_batch(waiting: "deque[_Waiting]", max_rows: int) -> list[_Waiting]:
-    """The next batch (pure): the first waiting request and the later ones that share its key."""
-    first = waiting.popleft()
-    batch, rows, skipped = [first], len(first.model_input.data), []
-    while waiting and rows < max_rows:
-        candidate = waiting.popleft()
-        size = len(candidate.model_input.data)
-        if candidate.key == first.key and rows + size <= max_rows:
-            batch.append(candidate)
-            rows += size
-        else:
-            skipped.append(candidate)
-    waiting.extendleft(reversed(skipped))
-    return batch
+    rows: PlannedRows
+    params: dict[str, Any] | None
 
 
 class Batcher:
@@ -76,22 +77,16 @@ class Batcher:
         self.model = model
         # (endpoint, variant) for the queue-depth and batch-size metrics; None: not counted.
         self._queue_gauge = metrics.BATCH_QUEUE.labels(*labels) if labels else None
-        self._batch_rows = metrics.BATCH_ROWS.labels(*labels) if labels else None
+        self._observe_rows = metrics.BATCH_ROWS.labels(*labels).observe if labels else None
         self._executor = executor
-        self._max_rows = settings.max_batch_size
+        self._max_size = settings.max_batch_size
         self._max_wait = settings.max_wait_ms / 1000
         self._waiting: deque[_Waiting] = deque()
         self._running = False
 
-    async def predict(self, model_input: payload.ModelInput) -> bytes:
-        """The encoded predictions for one request, computed with whatever it can be merged with."""
-        key = batch_key(model_input)
-        loop = asyncio.get_running_loop()
-        if key is None or len(model_input.data) >= self._max_rows:
-            return await loop.run_in_executor(
-                self._executor, predict_parsed, self.model, model_input
-            )
-        waiting = _Waiting(model_input, loop.create_future(), key)
+    async def predict(self, body_format: payload.Format, body: bytes) -> Batched:
+        """One request's predictions, computed with whatever it can be merged with."""
+        waiting = _Waiting(_Request(body_format, body), asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         if self._queue_gauge is not None:
             self._queue_gauge.inc()
@@ -104,59 +99,187 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
-                batch = take_batch(self._waiting, self._max_rows)
-                if len(batch) > 1 and self._max_wait > 0 and self._rows(batch) < self._max_rows:
+                batch = self._take([])
+                if 1 < len(batch) < self._max_size and self._max_wait > 0:
                     await asyncio.sleep(self._max_wait)
-                    self._waiting.extendleft(reversed(batch))
-                    batch = take_batch(self._waiting, self._max_rows)
-                inputs = [waiting.model_input for waiting in batch]
-                if self._queue_gauge is not None and self._batch_rows is not None:
+                    batch = self._take(batch)
+                if self._queue_gauge is not None:
                     self._queue_gauge.dec(len(batch))
-                    self._batch_rows.observe(self._rows(batch))
+                requests = [waiting.request for waiting in batch]
                 try:
                     results = await loop.run_in_executor(
-                        self._executor, predict_batch, self.model, inputs
+                        self._executor,
+                        predict_batch,
+                        self.model,
+                        requests,
+                        self._max_size,
+                        self._observe_rows,
                     )
-                except Exception as exc:  # never leave a request waiting
-                    results = [exc] * len(batch)
+                except Exception:  # a bug: never leave a request waiting
+                    logger.exception("a batch of %d requests failed", len(batch))
+                    failed = GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log.")
+                    results = [failed] * len(batch)
                 for waiting, result in zip(batch, results, strict=True):
-                    if waiting.future.done():
+                    if waiting.future.done():  # its request timed out
                         continue
-                    if isinstance(result, BaseException):
+                    if isinstance(result, GatewayError):
                         waiting.future.set_exception(result)
                     else:
                         waiting.future.set_result(result)
         finally:
             self._running = False
 
-    @staticmethod
-    def _rows(batch: Sequence[_Waiting]) -> int:
-        return sum(len(waiting.model_input.data) for waiting in batch)
+    def _take(self, batch: list[_Waiting]) -> list[_Waiting]:
+        while self._waiting and len(batch) < self._max_size:
+            batch.append(self._waiting.popleft())
+        return batch
 
 
 def predict_batch(
-    model: LoadedModel, inputs: Sequence[payload.ModelInput]
-) -> list[bytes | Exception]:
-    """Predict merged inputs in one call and split the answers; alone, each, if that fails."""
+    model: LoadedModel,
+    requests: Sequence[_Request],
+    max_rows: int,
+    observe_rows: Callable[[float], None] | None = None,
+) -> list[Batched | GatewayError]:
+    """Parse each request, predict mergeable ones together, answer each in the requests' order."""
+    results: list[Batched | GatewayError | None] = [None] * len(requests)
+    planned: dict[str, list[tuple[int, _Planned]]] = {}
+    framed: dict[tuple[Any, ...], list[tuple[int, payload.ModelInput]]] = {}
+    for index, request in enumerate(requests):
+        try:
+            parsed = _parse(model, request)
+        except GatewayError as error:
+            results[index] = error
+            continue
+        if isinstance(parsed, _Planned):
+            planned.setdefault(_params_key(parsed.params), []).append((index, parsed))
+            continue
+        key = batch_key(parsed)
+        if key is None:
+            results[index] = _alone(model, parsed, observe_rows)
+        else:
+            framed.setdefault(key, []).append((index, parsed))
+    for group in planned.values():
+        for chunk in _chunks(group, max_rows, lambda item: item.rows.length):
+            answers = _predict_planned(model, [item for _, item in chunk], observe_rows)
+            for (index, _), answer in zip(chunk, answers, strict=True):
+                results[index] = answer
+    for frames in framed.values():
+        for run in _chunks(frames, max_rows, lambda item: len(item.data)):
+            answered = _predict_frames(model, [item for _, item in run], observe_rows)
+            for (position, _), answer in zip(run, answered, strict=True):
+                results[position] = answer
+    return [result for result in results if result is not None]
+
+
+def batch_key(model_input: payload.ModelInput) -> tuple[Any, ...] | None:
+    """What parsed requests must share to be merged; None for input that is never merged."""
+    data = model_input.data
+    if model_input.unwrapped or not isinstance(data, pd.DataFrame) or len(data) == 0:
+        return None
+    if not isinstance(data.index, pd.RangeIndex):
+        return None
+    return (
+        tuple(data.columns),
+        tuple(str(dtype) for dtype in data.dtypes),
+        _params_key(model_input.params),
+    )
+
+
+def _params_key(params: dict[str, Any] | None) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def _parse(model: LoadedModel, request: _Request) -> _Planned | payload.ModelInput:
+    plan = model.frame_plan
+    if request.body_format is payload.Format.JSON and plan is not None:
+        document = payload.decode_json(request.body)
+        rows = payload.planned_rows(document, plan)
+        if rows is not None:
+            return _Planned(rows, document.get("params"))
+        return payload.parse_json(document, model.metadata, model.input_schema)
+    return parse(model, request.body_format, request.body)
+
+
+def _chunks(
+    items: list[tuple[int, _Item]], max_rows: int, rows: Callable[[_Item], int]
+) -> list[list[tuple[int, _Item]]]:
+    """Consecutive runs of at most `max_rows` rows (a larger request is a run of its own)."""
+    chunks: list[list[tuple[int, _Item]]] = []
+    current: list[tuple[int, _Item]] = []
+    size = 0
+    for item in items:
+        count = rows(item[1])
+        if current and size + count > max_rows:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += count
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _predict_planned(
+    model: LoadedModel, items: Sequence[_Planned], observe_rows: Callable[[float], None] | None
+) -> list[Batched | GatewayError]:
+    plan = model.frame_plan
+    assert plan is not None
+
+    def each() -> list[payload.ModelInput]:
+        return [payload.ModelInput(plan.build([i.rows]), i.params, plan=plan) for i in items]
+
+    if len(items) == 1:
+        return [_alone(model, each()[0], observe_rows)]
+    merged = payload.ModelInput(plan.build([i.rows for i in items]), items[0].params, plan=plan)
+    return _merged(model, merged, [i.rows.length for i in items], each, observe_rows)
+
+
+def _predict_frames(
+    model: LoadedModel,
+    inputs: Sequence[payload.ModelInput],
+    observe_rows: Callable[[float], None] | None,
+) -> list[Batched | GatewayError]:
     if len(inputs) == 1:
-        return [_alone(model, inputs[0])]
+        return [_alone(model, inputs[0], observe_rows)]
+    frame = pd.concat([model_input.data for model_input in inputs], ignore_index=True)
+    merged = payload.ModelInput(frame, inputs[0].params)
     sizes = [len(model_input.data) for model_input in inputs]
-    merged = pd.concat([model_input.data for model_input in inputs], ignore_index=True)
+    return _merged(model, merged, sizes, lambda: list(inputs), observe_rows)
+
+
+def _merged(
+    model: LoadedModel,
+    merged: payload.ModelInput,
+    sizes: Sequence[int],
+    each: Callable[[], Sequence[payload.ModelInput]],
+    observe_rows: Callable[[float], None] | None,
+) -> list[Batched | GatewayError]:
+    """Predict merged rows once and split the answers; each input alone if that fails."""
+    if observe_rows is not None:
+        observe_rows(sum(sizes))
     try:
-        raw = model.pyfunc.predict(merged, params=inputs[0].params)
-        rows = per_row(raw, len(merged))
+        raw = predict_raw(model, merged.data, merged.params, merged.plan)
+        rows = per_row(raw, sum(sizes))
     except Exception:
-        return [_alone(model, model_input) for model_input in inputs]
-    answers: list[bytes | Exception] = []
+        return [_alone(model, model_input, observe_rows) for model_input in each()]
+    answers: list[Batched | GatewayError] = []
     start = 0
     for size in sizes:
-        answers.append(payload.encode_predictions(rows[start : start + size]))
+        answers.append(Batched(payload.encode_predictions(rows[start : start + size]), size))
         start += size
     return answers
 
 
-def _alone(model: LoadedModel, model_input: payload.ModelInput) -> bytes | Exception:
+def _alone(
+    model: LoadedModel,
+    model_input: payload.ModelInput,
+    observe_rows: Callable[[float], None] | None,
+) -> Batched | GatewayError:
+    rows = row_count(model_input.data)
+    if observe_rows is not None:
+        observe_rows(rows)
     try:
-        return predict_parsed(model, model_input)
+        return Batched(predict_parsed(model, model_input), rows)
     except GatewayError as error:
         return error

@@ -18,7 +18,7 @@ from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import scoring_server
 
 from gateway.errors import GatewayError
-from gateway.frame_plan import FramePlan
+from gateway.frame_plan import FramePlan, PlannedRows
 
 
 class Format(StrEnum):
@@ -40,6 +40,9 @@ class ModelInput:
     params: dict[str, Any] | None
     # The unified LLM format answers the bare predictions, without the `predictions` envelope.
     unwrapped: bool = False
+    # The plan that built `data`, when one did: the frame is then exactly what MLflow's schema
+    # enforcement makes of it for a model with that plan.
+    plan: FramePlan | None = None
 
 
 def parse_media_type(content_type: str | None) -> Format:
@@ -107,19 +110,10 @@ def parse_json(
 
     With a plan, a request it can build exactly is built by it; any other goes through MLflow.
     """
-    if not scoring_server.is_unified_llm_input(document):
-        found = [key for key in document if key in SUPPORTED_KEYS]
-        if len(found) != 1:
-            keys = ", ".join(repr(key) for key in document) or "none"
-            raise GatewayError(
-                "BAD_REQUEST", f"{_required_format()}. Received dictionary with keys: {keys}."
-            )
-        if "params" in document and not isinstance(document["params"], dict | None):
-            raise GatewayError("BAD_REQUEST", "`params` must be a JSON object.")
-        if plan is not None:
-            frame = plan.frame(document)
-            if frame is not None:
-                return ModelInput(frame, document.get("params"))
+    rows = planned_rows(document, plan)
+    if rows is not None:
+        assert plan is not None
+        return ModelInput(plan.build([rows]), document.get("params"), plan=plan)
     try:
         parsed = scoring_server._parse_json_data(dict(document), metadata, input_schema)
     except MlflowException as exc:
@@ -127,6 +121,21 @@ def parse_json(
     except (ValueError, TypeError, KeyError) as exc:
         raise GatewayError("BAD_REQUEST", f"Invalid input. {_scrub(str(exc))}") from exc
     return ModelInput(parsed.data, parsed.params, parsed.is_unified_llm_input)
+
+
+def planned_rows(document: dict[str, Any], plan: FramePlan | None) -> PlannedRows | None:
+    """The request's rows as the plan builds them; None: MLflow parses it. 400 for a bad shape."""
+    if scoring_server.is_unified_llm_input(document):
+        return None
+    found = [key for key in document if key in SUPPORTED_KEYS]
+    if len(found) != 1:
+        keys = ", ".join(repr(key) for key in document) or "none"
+        raise GatewayError(
+            "BAD_REQUEST", f"{_required_format()}. Received dictionary with keys: {keys}."
+        )
+    if "params" in document and not isinstance(document["params"], dict | None):
+        raise GatewayError("BAD_REQUEST", "`params` must be a JSON object.")
+    return None if plan is None else plan.rows(document)
 
 
 def parse_csv(body: bytes, input_schema: Any) -> ModelInput:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from gateway import payload
 from gateway.errors import GatewayError
+from gateway.frame_plan import FramePlan
 from gateway.registry import LoadedModel
 from gateway.routing import choose_random, choose_sticky_many
 
@@ -65,7 +66,7 @@ def predict_one(
 
 def predict_parsed(model: LoadedModel, model_input: payload.ModelInput) -> bytes:
     """Predict parsed input and encode the answer."""
-    raw = _predict(model, model_input.data, model_input.params)
+    raw = predict_raw(model, model_input.data, model_input.params, model_input.plan)
     return payload.encode_predictions(raw, model_input.unwrapped)
 
 
@@ -94,7 +95,7 @@ def predict_by_row(
         groups.setdefault(variant, []).append(row)
     if len(groups) == 1:
         (variant,) = groups
-        raw = _predict(models[variant], frame, model_input.params)
+        raw = predict_raw(models[variant], frame, model_input.params, model_input.plan)
         encoded = payload.encode_predictions(raw, model_input.unwrapped)
         return Prediction(
             encoded,
@@ -105,7 +106,8 @@ def predict_by_row(
     served = []
     for variant, rows in groups.items():
         part = frame.iloc[rows].reset_index(drop=True)
-        predictions = per_row(_predict(models[variant], part, model_input.params), len(rows))
+        raw = predict_raw(models[variant], part, model_input.params, model_input.plan)
+        predictions = per_row(raw, len(rows))
         for row, prediction in zip(rows, predictions, strict=True):
             merged[row] = prediction
         served.append(Served(variant, models[variant], len(rows), predictions))
@@ -163,9 +165,18 @@ def _assign(
     return [next(sticky) if ok else choose_random(weights, rng) for ok in present]
 
 
-def _predict(model: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
+def predict_raw(
+    model: LoadedModel, data: Any, params: dict[str, Any] | None, plan: FramePlan | None = None
+) -> Any:
+    """The model's raw predictions; a frame built by the model's own plan skips schema enforcement.
+
+    Any plan with the same signature is the model's own: a frame that variant A's plan built is
+    exact for variant B too when both have the same signature, and enforced as usual otherwise.
+    """
+    exact = plan is not None and plan == model.frame_plan and model.planned_pyfunc is not None
+    pyfunc = model.planned_pyfunc if exact else model.pyfunc
     try:
-        return model.pyfunc.predict(data, params=params)
+        return pyfunc.predict(data, params=params)
     except Exception as exc:
         error = payload.predict_error(exc)
         logger.warning(

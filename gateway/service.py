@@ -17,7 +17,7 @@ from gateway.config import Endpoint, GatewayConfig
 from gateway.errors import GatewayError
 from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
-from gateway.prediction import Prediction, Served, parse, predict_by_row, predict_one, row_count
+from gateway.prediction import Prediction, Served, predict_by_row, predict_one
 from gateway.registry import LoadedModel
 from gateway.routing import Routing, choose_random, choose_sticky
 from gateway.shadow import ShadowRunner
@@ -212,10 +212,8 @@ class InvocationService:
         body_format: payload.Format,
         body: bytes,
     ) -> Prediction:
-        """Parse alone (a bad request fails alone), then predict together with concurrent ones."""
+        """Parse and predict together with concurrent requests; a bad request fails alone."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        model_input = await loop.run_in_executor(self._executor, parse, model, body_format, body)
         batcher = self._batchers.get((endpoint.name, variant))
         if batcher is None or batcher.model is not model:
             assert endpoint.batching is not None
@@ -223,9 +221,9 @@ class InvocationService:
             labels = (endpoint.name, variant) if self._metrics else None
             batcher = Batcher(model, self._executor, endpoint.batching, labels)
             self._batchers[(endpoint.name, variant)] = batcher
-        encoded = await batcher.predict(model_input)
-        served = Served(variant, model, row_count(model_input.data), None)
-        return Prediction(encoded, [served], time.perf_counter() - started)
+        batched = await batcher.predict(body_format, body)
+        served = Served(variant, model, batched.rows, None)
+        return Prediction(batched.body, [served], time.perf_counter() - started)
 
     async def _within_timeout(self, work: Awaitable[Prediction]) -> Prediction:
         try:

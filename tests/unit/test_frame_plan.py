@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from mlflow.models import Model, ModelSignature
+from mlflow.models.utils import _enforce_schema
 from mlflow.types import ColSpec, Schema
 
 from gateway import payload
@@ -25,8 +26,8 @@ NAMES = ["age", "income", "plan", "vip"]
 
 
 def reference(document: dict[str, Any]) -> Any:
-    """MLflow's own parse, without the plan."""
-    return payload.parse_json(document, METADATA, SCHEMA).data
+    """What MLflow hands the model: its own parse, without the plan, then its schema enforcement."""
+    return _enforce_schema(payload.parse_json(document, METADATA, SCHEMA).data, SCHEMA)
 
 
 PLAN = make_plan(METADATA, SCHEMA, reference)
@@ -91,9 +92,32 @@ def test_every_frame_the_plan_builds_is_exactly_mlflows() -> None:
         if fast is None:
             continue
         built += 1
-        pd.testing.assert_frame_equal(fast, reference(document), check_exact=True)
+        expected = reference(document)
+        pd.testing.assert_frame_equal(fast, expected, check_exact=True)
+        # So MLflow's enforcement, which the plan's frames skip, would change nothing.
+        pd.testing.assert_frame_equal(_enforce_schema(fast, SCHEMA), expected, check_exact=True)
     # The common, well-typed request does take the fast path.
     assert built > 1000
+
+
+def test_rows_of_several_requests_build_the_frame_of_all_their_rows() -> None:
+    assert PLAN is not None
+    rng = random.Random(7)
+    merged = 0
+    while merged < 200:
+        documents = [random_document(rng) for _ in range(rng.randint(2, 5))]
+        parts = [PLAN.rows(document) for document in documents]
+        if any(part is None for part in parts):
+            continue
+        merged += 1
+        records = [
+            record
+            for document in documents
+            for record in reference(document).to_dict(orient="records")
+        ]
+        expected = reference({"dataframe_records": records})
+        built = PLAN.build([part for part in parts if part is not None])
+        pd.testing.assert_frame_equal(built, expected, check_exact=True)
 
 
 @pytest.mark.parametrize(
