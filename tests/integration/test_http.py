@@ -2,7 +2,7 @@
 
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -115,6 +115,37 @@ def test_a_body_over_the_limit_is_a_413(make_config: Callable[..., GatewayConfig
         )
         assert (response.status_code, response.json()["error_code"]) == (413, "PAYLOAD_TOO_LARGE")
         assert invoke(url).status_code == 200
+
+
+def test_a_streamed_body_is_read_whole_and_capped_as_it_arrives(
+    make_config: Callable[..., GatewayConfig],
+) -> None:
+    body = httpx.Request("POST", "/", json=split_payload(ROWS)).read()
+
+    def chunks(data: bytes, size: int) -> Iterator[bytes]:
+        yield from (data[start : start + size] for start in range(0, len(data), size))
+
+    headers = {"Content-Type": "application/json"}
+    with running_gateway(make_config(max_request_bytes=2048)) as url:
+        # No Content-Length: chunked transfer encoding, the body in several ASGI messages.
+        streamed = httpx.post(f"{url}/invocations", content=chunks(body, 16), headers=headers)
+        assert streamed.status_code == 200
+        assert streamed.content == invoke(url).content
+        too_long = httpx.post(
+            f"{url}/invocations", content=chunks(b"x" * 4096, 512), headers=headers
+        )
+        assert (too_long.status_code, too_long.json()["error_code"]) == (413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize("path", ["/invocations", "/endpoints/churn/invocations"])
+def test_invocations_take_only_post(gateway_url: str, path: str) -> None:
+    response = httpx.get(gateway_url + path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json() == {
+        "error_code": "METHOD_NOT_ALLOWED",
+        "message": f"GET is not allowed on {path}.",
+    }
 
 
 def test_forcing_is_refused_where_the_endpoint_does_not_allow_it(
