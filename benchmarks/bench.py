@@ -58,6 +58,9 @@ READY_DEADLINE_SECONDS = 240.0
 STOP_DEADLINE_SECONDS = 20.0
 HTTP_TIMEOUT_SECONDS = 30.0
 RSS_SAMPLE_SECONDS = 0.25
+# The memory target: a worker's RSS at the end of the run within this much of the same cell's
+# earlier on (allocator noise, not growth per request).
+RSS_GROWTH_LIMIT = 0.02
 # Another process using more than this share of one core during a cell is worth a warning.
 OTHER_CPU_WARNING_PERCENT = 10.0
 # Each gateway worker logs this once its models are loaded. With --workers N, /health answers
@@ -1006,6 +1009,7 @@ def evaluate_targets(
                 else f"{len(pairs)} cells, --workers 2 at {min(ratios):.2f}x-{max(ratios):.2f}x",
             )
         )
+    targets += _memory_target(results)
     errors = sum(r.errors for r in results)
     failing = [
         f"{r.server} -w {r.workers} {r.connections} conns/{r.rows} rows {r.features}: {r.errors}"
@@ -1021,6 +1025,39 @@ def evaluate_targets(
         )
     )
     return targets
+
+
+def _memory_target(results: Sequence[Result]) -> list[Target]:
+    """RSS of gateway --workers 2 at the same setting early in the run and at its very end."""
+    same = [
+        index
+        for index, r in enumerate(results)
+        if r.server == "gateway"
+        and r.workers == FEATURE_WORKERS
+        and r.features in (Features.SINGLE, FEATURE_ROWS_BY_KEY["gateway-2"])
+    ]
+    setting = [
+        index
+        for index in same
+        if (results[index].connections, results[index].rows) == (FEATURE_CONNECTIONS, FEATURE_ROWS)
+    ]
+    if len(setting) < 2:
+        return []
+    first, last = results[setting[0]], results[setting[-1]]
+    if first.rss_mib_per_worker is None or last.rss_mib_per_worker is None:
+        return []
+    served = sum(results[index].requests for index in same if setting[0] < index <= setting[-1])
+    growth = last.rss_mib_per_worker - first.rss_mib_per_worker
+    return [
+        Target(
+            f"memory flat: RSS per worker of gateway --workers {FEATURE_WORKERS} at "
+            f"{FEATURE_CONNECTIONS} conns/{FEATURE_ROWS} row grows <= {RSS_GROWTH_LIMIT:.0%} "
+            "over the run",
+            growth <= first.rss_mib_per_worker * RSS_GROWTH_LIMIT,
+            f"{first.rss_mib_per_worker:.1f} -> {last.rss_mib_per_worker:.1f} MiB "
+            f"({growth:+.1f} MiB) after {served:,} more requests",
+        )
+    ]
 
 
 # --- report --------------------------------------------------------------------------------
