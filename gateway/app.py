@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import __version__, metrics
 from gateway.config import Endpoint, GatewayConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, internal_error
 from gateway.inference_log import InferenceLogWriter
 from gateway.model_pool import ModelPool
 from gateway.registry import Registry
@@ -186,7 +186,7 @@ async def _invoke(
         return
     except Exception as exc:
         logger.error("unexpected error on POST %s", path, exc_info=exc)
-        error = GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log.")
+        error = internal_error()
         await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), {})
         return
     await _send(send, reply.status_code, reply.body, reply.headers)
@@ -315,4 +315,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error_response(GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log."))
+    return _error_response(internal_error())

@@ -26,7 +26,7 @@ import pandas as pd
 
 from gateway import metrics, payload
 from gateway.config import Batching
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, internal_error
 from gateway.frame_plan import PlannedRows
 from gateway.prediction import parse, per_row, predict_parsed, predict_raw, row_count
 from gateway.registry import LoadedModel
@@ -117,8 +117,7 @@ class Batcher:
                     )
                 except Exception:  # a bug: never leave a request waiting
                     logger.exception("a batch of %d requests failed", len(batch))
-                    failed = GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log.")
-                    results = [failed] * len(batch)
+                    results = [internal_error()] * len(batch)
                 for waiting, result in zip(batch, results, strict=True):
                     if waiting.future.done():  # its request timed out
                         continue
@@ -150,6 +149,10 @@ def predict_batch(
             parsed = _parse(model, request)
         except GatewayError as error:
             results[index] = error
+            continue
+        except Exception:  # a bug in parsing: this request fails, its neighbours go on
+            logger.exception("parsing a request for %s failed", model.version.uri)
+            results[index] = internal_error()
             continue
         if isinstance(parsed, _Planned):
             planned.setdefault(_params_key(parsed.params), []).append((index, parsed))
@@ -266,8 +269,12 @@ def _merged(
     answers: list[Batched | GatewayError] = []
     start = 0
     for size in sizes:
-        answers.append(Batched(payload.encode_predictions(rows[start : start + size]), size))
-        start += size
+        part, start = rows[start : start + size], start + size
+        try:
+            answers.append(Batched(payload.encode_predictions(part), size))
+        except Exception:  # predictions that cannot be encoded: this request fails alone
+            logger.exception("encoding the answer of a request for %s failed", model.version.uri)
+            answers.append(internal_error())
     return answers
 
 
@@ -283,3 +290,6 @@ def _alone(
         return Batched(predict_parsed(model, model_input), rows)
     except GatewayError as error:
         return error
+    except Exception:  # e.g. predictions that cannot be encoded: this request fails alone
+        logger.exception("answering a request for %s failed", model.version.uri)
+        return internal_error()

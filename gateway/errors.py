@@ -44,3 +44,8 @@ class GatewayError(Exception):
     def to_dict(self) -> dict[str, str]:
         """The MLflow-style error body."""
         return {"error_code": self.error_code, "message": self.message, **self.classification}
+
+
+def internal_error() -> GatewayError:
+    """What a client sees of a bug: a 500 that points at the gateway's log, never a trace."""
+    return GatewayError("INTERNAL_ERROR", "Internal error; see the gateway log.")

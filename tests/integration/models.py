@@ -67,13 +67,15 @@ BATCH_CALLS: list[int] = []
 
 class BatchProbeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
     """Predicts `tenure_months * 10 + support_calls` a row, records how many rows each call got,
-    waits at GATE, and fails a call with a row whose `tenure_months` is 13 (a poisoned request)."""
+    waits at GATE, and fails a call with a row whose `tenure_months` is 13 (a poisoned request).
+    A row whose `tenure_months` is 14 is predicted as something JSON cannot encode."""
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[Any]:
         BATCH_CALLS.append(len(model_input))
         if not GATE.wait(60):
             raise TimeoutError("the test never opened the gate")
         tenure = model_input["tenure_months"].astype(int)
         if (tenure == 13).any():
             raise ValueError("poisoned row")
-        return (tenure * 10 + model_input["support_calls"].astype(int)).tolist()
+        predictions = (tenure * 10 + model_input["support_calls"].astype(int)).tolist()
+        return [object() if t == 14 else p for t, p in zip(tenure, predictions, strict=True)]

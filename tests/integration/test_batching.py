@@ -52,31 +52,39 @@ def _queued(url: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _send_behind_a_held_batch(
+    url: str, requests: dict[str, list[int]]
+) -> dict[str, httpx.Response]:
+    """Hold the model on a first request, queue `requests` behind it, then let them all go."""
+    answers: dict[str, httpx.Response] = {}
+
+    def send(name: str, tenures: list[int]) -> None:
+        answers[name] = httpx.post(f"{url}/invocations", json=_body(tenures), timeout=60)
+
+    models.GATE.clear()
+    models.BATCH_CALLS.clear()
+    try:
+        first = threading.Thread(target=send, args=("first", [7]))
+        first.start()
+        wait_until(lambda: models.BATCH_CALLS == [1], "the first request to hold the model")
+        others = [threading.Thread(target=send, args=item) for item in requests.items()]
+        for thread in others:
+            thread.start()
+        wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
+    finally:
+        models.GATE.set()
+    for thread in [first, *others]:
+        thread.join(60)
+    return answers
+
+
 def test_concurrent_requests_share_a_predict_call_and_each_gets_its_own_answer(
     make_config: Callable[..., GatewayConfig], probe: str
 ) -> None:
     requests = {f"r{n}": [n * 3 + 20, n * 3 + 21][: 1 + n % 2] for n in range(8)}
     requests["poisoned"] = [20, 13]
-    answers: dict[str, httpx.Response] = {}
     with running_gateway(_config(make_config, probe)) as url:
-
-        def send(name: str, tenures: list[int]) -> None:
-            answers[name] = httpx.post(f"{url}/invocations", json=_body(tenures), timeout=60)
-
-        models.GATE.clear()
-        models.BATCH_CALLS.clear()
-        try:
-            first = threading.Thread(target=send, args=("first", [7]))
-            first.start()
-            wait_until(lambda: models.BATCH_CALLS == [1], "the first request to hold the model")
-            others = [threading.Thread(target=send, args=item) for item in requests.items()]
-            for thread in others:
-                thread.start()
-            wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
-        finally:
-            models.GATE.set()
-        for thread in [first, *others]:
-            thread.join(60)
+        answers = _send_behind_a_held_batch(url, requests)
     assert answers["first"].json() == {"predictions": [70 + 7 % 4]}
     # One merged call for the nine waiting requests failed on the poisoned row; then each went alone.
     assert models.BATCH_CALLS[:2] == [1, sum(len(t) for t in requests.values())]
@@ -86,6 +94,20 @@ def test_concurrent_requests_share_a_predict_call_and_each_gets_its_own_answer(
             assert answers[name].status_code == 400
         else:
             assert answers[name].json() == {"predictions": [t * 10 + t % 4 for t in tenures]}
+
+
+def test_a_request_whose_answer_cannot_be_encoded_fails_alone_in_its_batch(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    requests = {"a": [21, 22], "unencodable": [14], "b": [23]}
+    with running_gateway(_config(make_config, probe)) as url:
+        answers = _send_behind_a_held_batch(url, requests)
+    # One merged call predicted every row; only the request with the unencodable answer failed.
+    assert models.BATCH_CALLS == [1, 4]
+    assert answers["unencodable"].status_code == 500
+    assert answers["unencodable"].json()["error_code"] == "INTERNAL_ERROR"
+    assert answers["a"].json() == {"predictions": [211, 222]}
+    assert answers["b"].json() == {"predictions": [233]}
 
 
 def test_a_request_alone_is_predicted_at_once(
