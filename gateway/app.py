@@ -167,8 +167,7 @@ async def _invoke(
 ) -> None:
     path = scope["path"]
     if scope["method"] != "POST":
-        error = _method_not_allowed(scope["method"], path)
-        await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), _ALLOW_POST)
+        await _send_error(send, _method_not_allowed(scope["method"], path), _ALLOW_POST)
         return
     headers: dict[str, str] = {}
     for key, value in scope["headers"]:
@@ -186,8 +185,7 @@ async def _invoke(
         return
     except Exception as exc:
         logger.error("unexpected error on POST %s", path, exc_info=exc)
-        error = internal_error()
-        await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), {})
+        await _send_error(send, internal_error(), {})
         return
     await _send(send, reply.status_code, reply.body, reply.headers)
 
@@ -201,6 +199,10 @@ async def _send(send: Send, status: int, body: bytes, headers: Mapping[str, str]
     raw.append((b"content-type", JSON.encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, error: GatewayError, headers: Mapping[str, str]) -> None:
+    await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), headers)
 
 
 async def _receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
