@@ -110,6 +110,33 @@ def test_a_request_whose_answer_cannot_be_encoded_fails_alone_in_its_batch(
     assert answers["b"].json() == {"predictions": [233]}
 
 
+@pytest.mark.parametrize("batching", [True, False], ids=["batched", "unbatched"])
+def test_a_prediction_past_the_request_timeout_is_a_504_and_serving_goes_on(
+    make_config: Callable[..., GatewayConfig], probe: str, batching: bool
+) -> None:
+    endpoint: dict[str, object] = {
+        "name": probe,
+        "model": probe,
+        "variants": [{"alias": "champion"}],
+    }
+    if batching:
+        endpoint["batching"] = {"max_batch_size": 64, "max_wait_ms": 0}
+    config = make_config([endpoint], request_timeout_seconds=0.5)
+    with running_gateway(config) as url:
+        models.GATE.clear()
+        try:
+            late = httpx.post(f"{url}/invocations", json=_body([5]), timeout=30)
+        finally:
+            models.GATE.set()
+        assert late.status_code == 504
+        assert late.json() == {
+            "error_code": "DEADLINE_EXCEEDED",
+            "message": "Prediction took longer than 0.5 seconds.",
+        }
+        # The stuck prediction finished in its thread and was discarded; the next one is served.
+        assert httpx.post(f"{url}/invocations", json=_body([5])).json() == {"predictions": [51]}
+
+
 def test_a_request_alone_is_predicted_at_once(
     make_config: Callable[..., GatewayConfig], probe: str
 ) -> None:
