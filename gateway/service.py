@@ -226,8 +226,11 @@ class InvocationService:
         return Prediction(batched.body, [served], time.perf_counter() - started)
 
     async def _within_timeout(self, work: Awaitable[Prediction]) -> Prediction:
+        # asyncio.timeout cancels this task's await on expiry; wait_for would wrap `work` in a
+        # task of its own, one more task on the loop for every request.
         try:
-            return await asyncio.wait_for(work, self._config.request_timeout_seconds)
+            async with asyncio.timeout(self._config.request_timeout_seconds):
+                return await work
         except TimeoutError:
             # The thread cannot be interrupted; it finishes and its result is discarded.
             raise GatewayError(
