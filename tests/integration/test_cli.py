@@ -275,3 +275,44 @@ def test_a_given_metrics_directory_is_made_and_emptied_before_serving(
     served.append(again)
     wait_healthy(again.url())
     assert not stale & {path.name for path in missing.glob("*.db")}
+
+
+def test_the_demo_command_builds_its_registry_and_serves_what_its_banner_shows(
+    tmp_path: Path, served: list[GatewayProcess]
+) -> None:
+    port = free_port()
+    gateway = GatewayProcess("demo", "--dir", str(tmp_path / "demo"), "--port", str(port))
+    served.append(gateway)
+    found: list[str] = []
+
+    def ready() -> bool:
+        found.extend(re.findall(r"Gateway demo ready in \S+ on (http://\S+) ", gateway.output))
+        return bool(found) or gateway.process.poll() is not None
+
+    wait_until(ready, "the demo's banner", deadline=180)
+    assert found, gateway.output
+    url = found[0]
+    assert url == f"http://127.0.0.1:{port}"
+    assert (tmp_path / "demo" / "gateway.yaml").is_file()
+    # What the banner's curl lines send: a sticky JSON request, CSV, and a forced challenger.
+    sticky = httpx.post(
+        f"{url}/invocations", json=split_payload(ROWS), headers={"X-User-Id": "alice"}
+    )
+    assert sticky.status_code == 200
+    assert len(sticky.json()["predictions"]) == len(ROWS)
+    assert sticky.headers["x-gateway-variant"] in {"champion", "challenger"}
+    csv = httpx.post(
+        f"{url}/invocations",
+        content=b"tenure_months,monthly_charges,support_calls,plan\n3,89.5,4,basic\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    assert csv.status_code == 200
+    forced = httpx.post(
+        f"{url}/invocations",
+        json=split_payload(ROWS[:1]),
+        headers={"x-gateway-variant": "challenger"},
+    )
+    assert (forced.status_code, forced.headers["x-gateway-model-version"]) == (200, "2")
+    gateway.process.send_signal(signal.SIGTERM)
+    gateway.wait()
+    assert "Traceback" not in gateway.output
