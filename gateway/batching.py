@@ -157,7 +157,7 @@ def predict_batch(
         if isinstance(parsed, _Planned):
             planned.setdefault(_params_key(parsed.params), []).append((index, parsed))
             continue
-        key = batch_key(parsed)
+        key = _batch_key(parsed)
         if key is None:
             results[index] = _alone(model, parsed, observe_rows)
         else:
@@ -175,7 +175,7 @@ def predict_batch(
     return [result for result in results if result is not None]
 
 
-def batch_key(model_input: payload.ModelInput) -> tuple[Any, ...] | None:
+def _batch_key(model_input: payload.ModelInput) -> tuple[Any, ...] | None:
     """What parsed requests must share to be merged; None for input that is never merged."""
     data = model_input.data
     if model_input.unwrapped or not isinstance(data, pd.DataFrame) or len(data) == 0:

@@ -50,11 +50,6 @@ class FramePlan:
     accepts: tuple[tuple[type, ...], ...]
     index: pd.Index = field(compare=False)
 
-    def frame(self, document: dict[str, Any]) -> pd.DataFrame | None:
-        """The frame for a `dataframe_split` or `dataframe_records` document, or None."""
-        rows = self.rows(document)
-        return None if rows is None else self.build([rows])
-
     def rows(self, document: dict[str, Any]) -> PlannedRows | None:
         """The typed columns of a `dataframe_split` or `dataframe_records` document, or None."""
         split = document.get("dataframe_split")

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -125,3 +126,21 @@ def free_port() -> int:
 
 def split_payload(rows: list[list[object]]) -> dict[str, object]:
     return {"dataframe_split": {"columns": list(FEATURES), "data": rows}}
+
+
+class BackgroundLoad:
+    """Threads that send bounded load until the `with` block ends; each checks `stopped`."""
+
+    def __init__(self, targets: list[Callable[[], None]]) -> None:
+        self.stopped = threading.Event()
+        self._threads = [threading.Thread(target=target, daemon=True) for target in targets]
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for thread in self._threads:
+            thread.join(60)

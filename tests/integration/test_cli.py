@@ -94,6 +94,19 @@ def served() -> Iterator[list[GatewayProcess]]:
             gateway.wait()
 
 
+def _two_workers(
+    write_config: Callable[..., Path], served: list[GatewayProcess]
+) -> tuple[GatewayProcess, str]:
+    """`gateway serve --workers 2` on the test config, once both workers' models are loaded."""
+    gateway = GatewayProcess(
+        "serve", "--config", str(write_config()), "--port", "0", "--workers", "2"
+    )
+    served.append(gateway)
+    url = gateway.url()
+    wait_healthy(url, "both workers' models")
+    return gateway, url
+
+
 def test_bad_config_exits_2_listing_every_problem_before_binding(tmp_path: Path) -> None:
     path = tmp_path / "gateway.yaml"
     path.write_text(
@@ -170,12 +183,7 @@ def test_a_model_that_cannot_be_loaded_stops_the_gateway_with_the_reason(
 def test_two_workers_serve_correct_predictions_and_stop_gracefully(
     write_config: Callable[..., Path], served: list[GatewayProcess]
 ) -> None:
-    gateway = GatewayProcess(
-        "serve", "--config", str(write_config()), "--port", "0", "--workers", "2"
-    )
-    served.append(gateway)
-    url = gateway.url()
-    wait_healthy(url, "both workers' models")
+    gateway, url = _two_workers(write_config, served)
     expected: dict[str, bytes] = {}
     with httpx.Client() as client:
         for version, variant in (("1", "champion"), ("2", "challenger")):
@@ -212,12 +220,7 @@ def test_version_flag_prints_the_version() -> None:
 def test_workers_stop_when_their_supervisor_is_killed(
     write_config: Callable[..., Path], served: list[GatewayProcess]
 ) -> None:
-    gateway = GatewayProcess(
-        "serve", "--config", str(write_config()), "--port", "0", "--workers", "2"
-    )
-    served.append(gateway)
-    url = gateway.url()
-    wait_healthy(url, "both workers")
+    gateway, _ = _two_workers(write_config, served)
     workers = _children(gateway.process.pid)
     assert len(workers) == 2
     gateway.process.kill()

@@ -16,10 +16,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ from gateway.registry import Registry
 from gateway.rollout import WEIGHTS_TAG
 from gateway.routing import choose_sticky
 from tests.integration import models
-from tests.integration.conftest import free_port, split_payload, wait_healthy, wait_until
+from tests.integration.conftest import (
+    BackgroundLoad,
+    free_port,
+    split_payload,
+    wait_healthy,
+    wait_until,
+)
 from tests.integration.test_cli import GatewayProcess
 
 pytestmark = pytest.mark.multireplica
@@ -526,22 +532,19 @@ def test_an_alias_move_written_once_reaches_every_replica_within_two_refreshes(
         assert answer == Answer("champion", "3", 3), user
 
 
-class Load:
+class Load(BackgroundLoad):
     """Bounded load on some replicas: new connections, users in turn, every outcome kept."""
 
     def __init__(self, urls: list[str], state: State, limit: int = 5_000) -> None:
         self.state = state
         self.outcomes: list[tuple[str, str]] = []  # (user, "ok" or what went wrong)
-        self._stop = threading.Event()
         self._deadline = time.monotonic() + 120
-        self._threads = [
-            threading.Thread(target=self._run, args=(url, limit), daemon=True) for url in urls
-        ]
+        super().__init__([partial(self._run, url, limit) for url in urls])
 
     def _run(self, url: str, limit: int) -> None:
         with _new_connections() as client:
             for n in range(limit):
-                if self._stop.is_set() or time.monotonic() > self._deadline:
+                if self.stopped.is_set() or time.monotonic() > self._deadline:
                     return
                 user = USERS[n % len(USERS)]
                 self.outcomes.append((user, self._outcome(client, url, user)))
@@ -557,16 +560,6 @@ class Load:
             return f"{response.status_code}: {response.text}"
         answer = Answer.of(response)
         return "ok" if answer == self.state.expected(user) else f"got {answer}"
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
 
 def test_a_killed_replica_rejoins_with_the_same_assignments_while_the_others_serve_on(

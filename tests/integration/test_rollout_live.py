@@ -4,9 +4,9 @@ import argparse
 import io
 import json
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -18,7 +18,13 @@ from gateway.config import GatewayConfig
 from gateway.registry import Registry
 from gateway.rollout import AUDIT_TAG_PREFIX, WEIGHTS_TAG
 from tests.integration import models
-from tests.integration.conftest import running_gateway, split_payload, wait_healthy, wait_until
+from tests.integration.conftest import (
+    BackgroundLoad,
+    running_gateway,
+    split_payload,
+    wait_healthy,
+    wait_until,
+)
 from tests.integration.test_cli import GatewayProcess
 
 REFRESH = 0.5
@@ -35,7 +41,7 @@ def _endpoint(model: str, **extra: object) -> dict[str, object]:
     }
 
 
-class Load:
+class Load(BackgroundLoad):
     """Bounded background load: keep-alive requests until stopped, every answer kept."""
 
     def __init__(
@@ -47,16 +53,12 @@ class Load:
         rows: Callable[[int], list[object]] | None = None,
     ) -> None:
         self.answers: list[tuple[int, str | None, bytes]] = []
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(url + path, limit, rows), daemon=True)
-            for _ in range(clients)
-        ]
+        super().__init__([partial(self._run, url + path, limit, rows) for _ in range(clients)])
 
     def _run(self, url: str, limit: int, rows: Callable[[int], list[object]] | None) -> None:
         with httpx.Client(timeout=30) as client:
             for n in range(limit):
-                if self._stop.is_set():
+                if self.stopped.is_set():
                     return
                 row = rows(n) if rows else ROW
                 response = client.post(url, json=split_payload([row]))
@@ -67,16 +69,6 @@ class Load:
                         response.content,
                     )
                 )
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
 
 @pytest.fixture(scope="module")

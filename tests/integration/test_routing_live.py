@@ -33,22 +33,16 @@ def candidate_version(tracking_uri: str) -> str:
     return models.register(MODEL_NAME, "candidate", models.GatedModel(), tracking_uri)
 
 
+def _even_split(sticky: dict[str, str]) -> list[dict[str, object]]:
+    """The churn endpoint, champion and challenger 50/50, sticky as given."""
+    variants = [{"alias": "champion", "weight": 50}, {"alias": "challenger", "weight": 50}]
+    return [{"name": "churn", "model": MODEL_NAME, "variants": variants, "sticky": sticky}]
+
+
 def test_rows_of_many_users_are_each_served_by_their_variant_in_order(
     make_config: Callable[..., GatewayConfig],
 ) -> None:
-    config = make_config(
-        [
-            {
-                "name": "churn",
-                "model": MODEL_NAME,
-                "variants": [
-                    {"alias": "champion", "weight": 50},
-                    {"alias": "challenger", "weight": 50},
-                ],
-                "sticky": {"field": "customer_id"},
-            }
-        ]
-    )
+    config = make_config(_even_split(sticky={"field": "customer_id"}))
     users = [f"customer-{n}" for n in range(50)]
     rows = [[*ROWS[n % len(ROWS)], user] for n, user in enumerate(users * 2)]
     body = {"dataframe_split": {"columns": [*FEATURES, "customer_id"], "data": rows}}
@@ -169,19 +163,7 @@ def test_shadow_copies_beyond_the_concurrency_limit_are_dropped_and_counted(
 def test_a_user_gets_the_same_variant_on_every_worker_and_after_a_restart(
     tmp_path: Path, make_config: Callable[..., GatewayConfig]
 ) -> None:
-    config = make_config(
-        [
-            {
-                "name": "churn",
-                "model": MODEL_NAME,
-                "variants": [
-                    {"alias": "champion", "weight": 50},
-                    {"alias": "challenger", "weight": 50},
-                ],
-                "sticky": {"header": "X-User-Id"},
-            }
-        ]
-    )
+    config = make_config(_even_split(sticky={"header": "X-User-Id"}))
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
     users = [f"user-{n}" for n in range(30)]
