@@ -14,11 +14,12 @@ neighbours get exactly what they would have got by themselves.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -86,47 +87,79 @@ class Batcher:
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Batched:
         """One request's predictions, computed with whatever it can be merged with."""
-        waiting = _Waiting(_Request(body_format, body), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        waiting = _Waiting(_Request(body_format, body), loop.create_future())
         self._waiting.append(waiting)
         if self._queue_gauge is not None:
             self._queue_gauge.inc()
         if not self._running:
             self._running = True
-            asyncio.create_task(self._drain())  # noqa: RUF006 (it ends when the queue is empty)
+            self._next(loop)
         return await waiting.future
 
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
+    # A batch is driven by callbacks on the loop, not by a task: no task to create and step
+    # through for each batch, and no asyncio future wrapping the thread's.
+
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the next batch, or stop when nobody is waiting."""
+        if not self._waiting:
+            self._running = False
+            return
+        batch = self._take([])
+        if 1 < len(batch) < self._max_size and self._max_wait > 0:
+            loop.call_later(self._max_wait, self._fill_and_submit, loop, batch)
+        else:
+            self._submit(loop, batch)
+
+    def _fill_and_submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        self._submit(loop, self._take(batch))
+
+    def _submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        if self._queue_gauge is not None:
+            self._queue_gauge.dec(len(batch))
+        requests = [waiting.request for waiting in batch]
         try:
-            while self._waiting:
-                batch = self._take([])
-                if 1 < len(batch) < self._max_size and self._max_wait > 0:
-                    await asyncio.sleep(self._max_wait)
-                    batch = self._take(batch)
-                if self._queue_gauge is not None:
-                    self._queue_gauge.dec(len(batch))
-                requests = [waiting.request for waiting in batch]
+            done = self._executor.submit(
+                predict_batch, self.model, requests, self._max_size, self._observe_rows
+            )
+        except RuntimeError:  # the executor is shut down: the gateway is stopping
+            self._finish(loop, batch, None)
+            return
+
+        def answer(done: "Future[list[Batched | GatewayError]]") -> None:
+            # Runs on the worker thread; a loop that is closed has nobody left to answer.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._finish, loop, batch, done)
+
+        done.add_done_callback(answer)
+
+    def _finish(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[_Waiting],
+        done: "Future[list[Batched | GatewayError]] | None",
+    ) -> None:
+        """Answer each request of a batch, then start the next one."""
+        try:
+            if done is None:
+                results: list[Batched | GatewayError] = [internal_error()] * len(batch)
+            else:
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor,
-                        predict_batch,
-                        self.model,
-                        requests,
-                        self._max_size,
-                        self._observe_rows,
-                    )
+                    results = done.result()
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
                 except Exception:  # a bug: never leave a request waiting
                     logger.exception("a batch of %d requests failed", len(batch))
                     results = [internal_error()] * len(batch)
-                for waiting, result in zip(batch, results, strict=True):
-                    if waiting.future.done():  # its request timed out
-                        continue
-                    if isinstance(result, GatewayError):
-                        waiting.future.set_exception(result)
-                    else:
-                        waiting.future.set_result(result)
+            for waiting, result in zip(batch, results, strict=True):
+                if waiting.future.done():  # its request timed out or its client left
+                    continue
+                if isinstance(result, GatewayError):
+                    waiting.future.set_exception(result)
+                else:
+                    waiting.future.set_result(result)
         finally:
-            self._running = False
+            self._next(loop)
 
     def _take(self, batch: list[_Waiting]) -> list[_Waiting]:
         while self._waiting and len(batch) < self._max_size:

@@ -20,7 +20,10 @@ def probe(tracking_uri: str) -> str:
 
 
 def _config(
-    make_config: Callable[..., GatewayConfig], model: str, max_batch_size: int = 64
+    make_config: Callable[..., GatewayConfig],
+    model: str,
+    max_batch_size: int = 64,
+    max_wait_ms: float = 0,
 ) -> GatewayConfig:
     return make_config(
         [
@@ -28,7 +31,7 @@ def _config(
                 "name": model,
                 "model": model,
                 "variants": [{"alias": "champion"}],
-                "batching": {"max_batch_size": max_batch_size, "max_wait_ms": 0},
+                "batching": {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
             }
         ]
     )
@@ -53,9 +56,12 @@ def _queued(url: str) -> float:
 
 
 def _send_behind_a_held_batch(
-    url: str, requests: dict[str, list[int]]
+    url: str, requests: dict[str, list[int]], late: dict[str, list[int]] | None = None
 ) -> dict[str, httpx.Response]:
-    """Hold the model on a first request, queue `requests` behind it, then let them all go."""
+    """Hold the model on a first request, queue `requests` behind it, then let them all go.
+
+    `late` requests are sent once the first is answered: after the batch behind it was taken.
+    """
     answers: dict[str, httpx.Response] = {}
 
     def send(name: str, tenures: list[int]) -> None:
@@ -73,7 +79,11 @@ def _send_behind_a_held_batch(
         wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
     finally:
         models.GATE.set()
-    for thread in [first, *others]:
+    first.join(60)
+    latecomers = [threading.Thread(target=send, args=item) for item in (late or {}).items()]
+    for thread in latecomers:
+        thread.start()
+    for thread in [*others, *latecomers]:
         thread.join(60)
     return answers
 
@@ -108,6 +118,19 @@ def test_a_request_whose_answer_cannot_be_encoded_fails_alone_in_its_batch(
     assert answers["unencodable"].json()["error_code"] == "INTERNAL_ERROR"
     assert answers["a"].json() == {"predictions": [211, 222]}
     assert answers["b"].json() == {"predictions": [233]}
+
+
+def test_a_batch_that_is_not_full_waits_max_wait_ms_for_more(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    # The two queued requests are taken as a batch when the first is answered; the batch then
+    # waits up to 1 s, so the late request, sent at once, joins it.
+    config = _config(make_config, probe, max_wait_ms=1_000)
+    with running_gateway(config) as url:
+        answers = _send_behind_a_held_batch(url, {"a": [21], "b": [22, 23]}, late={"c": [24]})
+    assert models.BATCH_CALLS == [1, 4]
+    assert answers["c"].json() == {"predictions": [240]}
+    assert answers["b"].json() == {"predictions": [222, 233]}
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "unbatched"])
