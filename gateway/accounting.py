@@ -46,11 +46,12 @@ def count(
     for part in parts:
         variant = part.variant if part else NONE
         version = part.model.version.version if part else NONE
-        metrics.REQUESTS.labels(label, variant, version, str(status)).inc()
-        metrics.REQUEST_DURATION.labels(label, variant).observe(duration)
+        meters = metrics.request_meters(label, variant, version, status)
+        meters.answered()
+        meters.duration(duration)
         if prediction is not None and part is not None:
-            metrics.PREDICT_DURATION.labels(label, variant, version).observe(prediction.seconds)
-            metrics.ROWS.labels(label, variant, version).inc(part.rows)
+            meters.predict_duration(prediction.seconds)
+            meters.rows(part.rows)
 
 
 class Accountant:

@@ -128,7 +128,7 @@ class InvocationService:
         body = b""
         label = self._label(endpoint_name)
         if self._metrics:
-            metrics.IN_FLIGHT.labels(label).inc()
+            metrics.in_flight(label).inc()
         try:
             endpoint = self.endpoint(endpoint_name)
             body = await read_body()
@@ -145,7 +145,7 @@ class InvocationService:
             )
         finally:
             if self._metrics:
-                metrics.IN_FLIGHT.labels(label).dec()
+                metrics.in_flight(label).dec()
         duration = time.perf_counter() - started
         served = prediction.served if prediction else self._attempted(endpoint, decision)
         if self._metrics:
