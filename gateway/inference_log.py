@@ -1,7 +1,8 @@
 """The inference-log writer: records queued without blocking, written as rotated JSON Lines by a thread.
 
 The log is data, not logging: records never go through the `logging` module. The request path
-calls `submit`, which never blocks; one background thread writes batches to
+calls `submit`, which never blocks; one background thread, waking at most every 50 ms under
+load, writes batches to
 `{directory}/{prefix}-{hostname}-{pid}-{start}-{sequence}.jsonl`, where `prefix` defaults to
 `inference`, `start` is the writer's UTC start time as `%Y%m%dT%H%M%SZ` and `sequence` is a
 four-digit counter from `0001`, raised for every new file. A new file is started when the current
@@ -38,6 +39,10 @@ DROP_WRITE_ERROR: Final = "write_error"
 Record = dict[str, Any] | Callable[[], dict[str, Any]]
 
 _BATCH_SIZE: Final = 512
+# After its first record, the writer lets more gather this long before it writes: one wake-up of
+# its thread per interval under load instead of one per request (~40 us of CPU each, measured on
+# 2 cores), at the price of records reaching the file up to this much later.
+_LINGER_SECONDS: Final = 0.05
 _WARNING_INTERVAL_SECONDS: Final = 10.0
 
 
@@ -60,13 +65,15 @@ class InferenceLogWriter:
         on_drop: Callable[[str, int], None] | None = None,
         file_prefix: str | None = None,
         opener: Callable[[Path], IO[str]] | None = None,
+        linger_seconds: float = _LINGER_SECONDS,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue: must be at least 1, got {max_queue}")
         self._directory = directory
         self._max_queue = max_queue
-        # One slot above max_queue is kept for the stop marker, so close() never waits for room.
-        self._queue: queue.Queue[Record | None] = queue.Queue(max_queue + 1)
+        # Bounded by `submit`, under the lock; the stop marker always finds room.
+        self._queue: queue.SimpleQueue[Record | None] = queue.SimpleQueue()
+        self._linger = linger_seconds
         self._rotate_bytes = rotate_bytes
         self._rotate_seconds = rotate_seconds
         self._clock = clock
@@ -126,7 +133,7 @@ class InferenceLogWriter:
             if not self._accepting:
                 return False
             if self._queue.qsize() < self._max_queue:
-                self._queue.put_nowait(record)
+                self._queue.put(record)
                 return True
         self._drop(DROP_QUEUE_FULL, 1)
         return False
@@ -141,7 +148,7 @@ class InferenceLogWriter:
             return
         if first:
             atexit.unregister(self.close)
-            self._queue.put_nowait(None)
+            self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning(
@@ -191,6 +198,8 @@ class InferenceLogWriter:
         first = self._queue.get()
         if first is None:
             return [], True
+        if self._linger > 0 and self._queue.qsize() < _BATCH_SIZE - 1:
+            time.sleep(self._linger)
         batch = [first]
         while len(batch) < _BATCH_SIZE:
             try:

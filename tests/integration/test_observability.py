@@ -138,6 +138,7 @@ def test_a_stalled_log_writer_drops_and_counts_records_while_requests_are_served
         max_queue=3,
         opener=lambda path: GatedFile(path, gate, entered),
         on_drop=metrics.count_log_drop,
+        linger_seconds=0,  # the first record alone is taken into the stalled write
     )
     with running_gateway(make_config(), log_writer=writer) as url:
         before = scrape(url).get(
