@@ -1,6 +1,6 @@
 """Throughput, latency, CPU and memory of the gateway against `mlflow models serve`, on loopback.
 
-Run `python benchmarks/bench.py` (about 5 minutes on 2 cores). It builds the demo registry in a
+Run `python benchmarks/bench.py` (about 7 minutes on 2 cores). It builds the demo registry in a
 temporary directory, starts `mlflow models serve` and the gateway in five configurations, checks
 that all of them answer the same payloads with identical bytes, then drives each with `wrk` and
 writes a Markdown table and a JSON file (`--out`, default benchmark-results/latest.md) with a
@@ -20,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,10 +46,22 @@ DEFAULT_OUT = ROOT / "benchmark-results" / "latest.md"
 CONNECTIONS = (1, 16, 64)
 ROWS = (1, 32)
 FEATURE_CONNECTIONS, FEATURE_ROWS = 16, 1
-# 21 cells x (warm-up + duration) + under a minute of set-up: about 5 minutes on 2 cores.
-DEFAULT_DURATION_SECONDS = 10
+# Every cell is measured in rounds: all cells once, then all again. A machine whose speed drifts
+# (a neighbour, the hypervisor) then slows every server alike, and each figure is the median of
+# its rounds. 21 cells x 3 rounds x (warm-up + 4 s) + a minute of set-up: about 7 minutes.
+DEFAULT_DURATION_SECONDS = 12
+DEFAULT_ROUNDS = 3
 MAX_DURATION_SECONDS = 60
+MAX_ROUNDS = 10
 WARMUP_SECONDS = 2
+# Before each later round of a cell: wrk's new connections, nothing left to warm up.
+REWARM_SECONDS = 1
+# Before the first round, every server serves each payload on this many connections, enough
+# for the kernel to hand some to every worker.
+WARM_UP_CONNECTIONS = 16
+# Two medians closer than this are equal: the spread of one cell's rounds on a quiet 2-core
+# machine. Used where a target compares two gateways ("never slower").
+EQUAL_WITHIN = 0.03
 # wrk's default (2 s) would count MLflow's slowest answers at 64 connections as timeouts and
 # leave them out of its percentiles.
 WRK_TIMEOUT = "10s"
@@ -144,6 +157,19 @@ class Result:
     cpu_seconds_by_process: dict[str, float] = field(default_factory=dict)
     rss_mib_by_worker: dict[str, float] = field(default_factory=dict)
     wrk_output: str = ""
+    # Each round's own figures, in the order they were measured (one entry for a single round).
+    rounds: list["Round"] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round of a cell: what wrk and the sampler saw in it."""
+
+    requests: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    rss_mib_per_worker: float | None
 
 
 @dataclass(frozen=True)
@@ -606,6 +632,24 @@ def _post(
         raise BenchmarkError(f"{server.spec.name}: request failed: {exc!r}") from exc
 
 
+def warm_up(
+    wrk: str, servers: Sequence[RunningServer], bodies: dict[int, bytes], directory: Path
+) -> None:
+    """Serve every payload on every worker of every server before anything is measured.
+
+    A cell's own warm-up cannot do that at one connection: its connection reaches one worker,
+    and the measured run's new connection may reach another one, still cold.
+    """
+    for server in servers:
+        for rows, body in bodies.items():
+            sticky = server.spec.split
+            script = directory / f"warm-{'sticky' if sticky else 'plain'}-{rows}.lua"
+            script.write_text(wrk_script(body, sticky_ids=sticky), encoding="utf-8")
+            run_wrk(wrk, server.url, script, WARM_UP_CONNECTIONS, WARMUP_SECONDS)
+        server.check_alive()
+    print(f"warmed every worker of {len(servers)} servers", flush=True)
+
+
 def check_predictions(
     servers: Sequence[RunningServer], bodies: dict[int, bytes]
 ) -> dict[int, bytes]:
@@ -823,12 +867,18 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) ->
 
 
 def measure(
-    wrk: str, server: RunningServer, cell: Cell, body: bytes, directory: Path, duration: int
+    wrk: str,
+    server: RunningServer,
+    cell: Cell,
+    body: bytes,
+    directory: Path,
+    duration: int,
+    warmup: int = WARMUP_SECONDS,
 ) -> Result:
     """Warm up, then drive the server for `duration` seconds, sampling its CPU and memory."""
     script = directory / f"wrk-{'sticky' if cell.sticky_ids else 'plain'}-{cell.rows}.lua"
     script.write_text(wrk_script(body, sticky_ids=cell.sticky_ids), encoding="utf-8")
-    run_wrk(wrk, server.url, script, cell.connections, WARMUP_SECONDS)
+    run_wrk(wrk, server.url, script, cell.connections, warmup)
     server.check_alive()
     workers = worker_pids(server.pid)
     before = cpu_snapshot(server.pid)
@@ -837,6 +887,7 @@ def measure(
     cpu = cpu_usage(before, cpu_snapshot(server.pid))
     server.check_alive()
     figures = parse_wrk(output)
+    rss = max(sampler.peaks.values()) if sampler.peaks else None
     return Result(
         server=server.spec.label,
         workers=server.spec.workers,
@@ -851,7 +902,7 @@ def measure(
         cpu_ms_per_request=(
             cpu.server_seconds * 1000 / figures.requests if figures.requests else None
         ),
-        rss_mib_per_worker=max(sampler.peaks.values()) if sampler.peaks else None,
+        rss_mib_per_worker=rss,
         client_cpu_seconds=round(cpu.client_seconds, 2),
         other_cpu_percent=round(cpu.other_percent, 1),
         steal_percent=round(cpu.steal_percent, 1),
@@ -860,6 +911,49 @@ def measure(
         },
         rss_mib_by_worker={str(pid): round(rss, 1) for pid, rss in sampler.peaks.items()},
         wrk_output=output,
+        rounds=[
+            Round(
+                figures.requests, figures.requests_per_second, figures.p50_ms, figures.p99_ms, rss
+            )
+        ],
+    )
+
+
+def merge_rounds(rounds: Sequence[Result]) -> Result:
+    """One cell's figures from its rounds: medians of rates and latencies, totals of the rest."""
+    first = rounds[0]
+    requests = sum(r.requests for r in rounds)
+    cpu_seconds = sum(
+        r.cpu_ms_per_request * r.requests / 1000 for r in rounds if r.cpu_ms_per_request
+    )
+    by_process: dict[str, float] = {}
+    rss_by_worker: dict[str, float] = {}
+    for r in rounds:
+        for pid, seconds in r.cpu_seconds_by_process.items():
+            by_process[pid] = round(by_process.get(pid, 0.0) + seconds, 2)
+        for pid, rss in r.rss_mib_by_worker.items():
+            rss_by_worker[pid] = max(rss, rss_by_worker.get(pid, 0.0))
+    peaks = [r.rss_mib_per_worker for r in rounds if r.rss_mib_per_worker is not None]
+    return Result(
+        server=first.server,
+        workers=first.workers,
+        connections=first.connections,
+        rows=first.rows,
+        features=first.features,
+        requests=requests,
+        requests_per_second=statistics.median(r.requests_per_second for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+        cpu_ms_per_request=cpu_seconds * 1000 / requests if requests and cpu_seconds else None,
+        rss_mib_per_worker=max(peaks) if peaks else None,
+        client_cpu_seconds=round(sum(r.client_cpu_seconds for r in rounds), 2),
+        other_cpu_percent=round(statistics.mean(r.other_cpu_percent for r in rounds), 1),
+        steal_percent=round(statistics.mean(r.steal_percent for r in rounds), 1),
+        cpu_seconds_by_process=by_process,
+        rss_mib_by_worker=rss_by_worker,
+        wrk_output="\n".join(r.wrk_output for r in rounds),
+        rounds=[each for r in rounds for each in r.rounds],
     )
 
 
@@ -997,16 +1091,16 @@ def evaluate_targets(
             f"{one.connections} conns/{one.rows} rows: {two.requests_per_second:.1f} vs "
             f"{one.requests_per_second:.1f} req/s"
             for one, two in pairs
-            if two.requests_per_second < one.requests_per_second
+            if two.requests_per_second < one.requests_per_second * (1 - EQUAL_WITHIN)
         ]
         ratios = [two.requests_per_second / one.requests_per_second for one, two in pairs]
         targets.append(
             Target(
-                "--workers 2 never slower than --workers 1",
+                f"--workers 2 never slower than --workers 1 (medians; within "
+                f"{EQUAL_WITHIN:.0%} is equal)",
                 not slower,
-                "slower at " + "; ".join(slower)
-                if slower
-                else f"{len(pairs)} cells, --workers 2 at {min(ratios):.2f}x-{max(ratios):.2f}x",
+                ("slower at " + "; ".join(slower) + "; " if slower else "")
+                + f"{len(pairs)} cells, --workers 2 at {min(ratios):.2f}x-{max(ratios):.2f}x",
             )
         )
     targets += _memory_target(results)
@@ -1030,23 +1124,21 @@ def evaluate_targets(
 def _memory_target(results: Sequence[Result]) -> list[Target]:
     """RSS of gateway --workers 2 at the same setting early in the run and at its very end."""
     same = [
-        index
-        for index, r in enumerate(results)
+        r
+        for r in results
         if r.server == "gateway"
         and r.workers == FEATURE_WORKERS
         and r.features in (Features.SINGLE, FEATURE_ROWS_BY_KEY["gateway-2"])
     ]
-    setting = [
-        index
-        for index in same
-        if (results[index].connections, results[index].rows) == (FEATURE_CONNECTIONS, FEATURE_ROWS)
-    ]
-    if len(setting) < 2:
+    setting = [r for r in same if (r.connections, r.rows) == (FEATURE_CONNECTIONS, FEATURE_ROWS)]
+    if not setting or not setting[0].rounds:
         return []
-    first, last = results[setting[0]], results[setting[-1]]
-    if first.rss_mib_per_worker is None or last.rss_mib_per_worker is None:
+    # The matrix cell's first round comes early in the run; row (a), the same server and setting,
+    # is the last cell of a forward round, so its last round is at or near the end of the run.
+    first, last = setting[0].rounds[0], setting[-1].rounds[-1]
+    if first is last or first.rss_mib_per_worker is None or last.rss_mib_per_worker is None:
         return []
-    served = sum(results[index].requests for index in same if setting[0] < index <= setting[-1])
+    served = sum(r.requests for r in same) - first.requests
     growth = last.rss_mib_per_worker - first.rss_mib_per_worker
     return [
         Target(
@@ -1166,9 +1258,13 @@ def _preamble(env: dict[str, Any], settings: dict[str, Any]) -> str:
         versions += f", {env['wrk']}"
     text = f"{env['date']}; {machine}; {versions}.\n"
     if not settings["smoke"]:
+        rounds = settings.get("rounds", 1)
+        each = max(1, round(settings["duration_seconds"] / rounds))
         text += (
-            f"Each cell: {settings['warmup_seconds']} s warm-up, then {settings['duration_seconds']} s "
-            f"of wrk in a closed loop (`-c conns -t min(conns, 2)`) on 127.0.0.1; "
+            f"Each cell: {rounds} round(s), all cells in turn; each round {each} s of wrk after a "
+            f"{settings['warmup_seconds']} s warm-up ({settings.get('rewarm_seconds', 1)} s in "
+            f"later rounds), in a closed loop (`-c conns -t min(conns, 2)`) on 127.0.0.1; "
+            f"req/s, p50 and p99 are the medians of the rounds; "
             f"payloads are `dataframe_split` JSON. Ratios are gateway / mlflow serve at the same "
             f"conns and rows. Model: {_MODEL_WORDS[settings.get('model', 'pipeline')]}.\n"
         )
@@ -1253,8 +1349,16 @@ def _parser() -> argparse.ArgumentParser:
         type=_duration,
         default=DEFAULT_DURATION_SECONDS,
         metavar="SECONDS",
-        help=f"measured seconds per cell, after a {WARMUP_SECONDS} s warm-up "
-        f"(default {DEFAULT_DURATION_SECONDS}, at most {MAX_DURATION_SECONDS})",
+        help=f"measured seconds per cell, over all rounds (default {DEFAULT_DURATION_SECONDS}, "
+        f"at most {MAX_DURATION_SECONDS})",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_rounds,
+        default=DEFAULT_ROUNDS,
+        metavar="N",
+        help=f"measure every cell N times, all cells in turn; figures are the rounds' medians "
+        f"(default {DEFAULT_ROUNDS}, at most {MAX_ROUNDS})",
     )
     return parser
 
@@ -1263,6 +1367,13 @@ def _duration(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_DURATION_SECONDS:
         raise argparse.ArgumentTypeError(f"must be 1 to {MAX_DURATION_SECONDS}, got {value}")
+    return value
+
+
+def _rounds(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_ROUNDS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_ROUNDS}, got {value}")
     return value
 
 
@@ -1304,7 +1415,9 @@ def _run(args: argparse.Namespace) -> int:
                 "model": args.model,
                 "smoke": args.smoke,
                 "duration_seconds": args.duration,
+                "rounds": args.rounds,
                 "warmup_seconds": WARMUP_SECONDS,
+                "rewarm_seconds": REWARM_SECONDS,
                 "wrk_timeout": WRK_TIMEOUT,
                 "user_ids": USER_IDS,
             }
@@ -1322,7 +1435,8 @@ def _run(args: argparse.Namespace) -> int:
                 print("\n" + write_report(args.out, document, table, []))
                 return 0
             assert wrk is not None
-            results = _measure_all(wrk, servers, bodies, directory, args.duration)
+            warm_up(wrk, servers, bodies, directory)
+            results = _measure_all(wrk, servers, bodies, directory, args.duration, args.rounds)
             observed = next(s for s in servers if s.spec.features is Features.OBSERVED)
             observability = check_observability(observed, directory / INFERENCE_LOG_DIR)
     add_ratios(results)
@@ -1347,24 +1461,35 @@ def _measure_all(
     bodies: dict[int, bytes],
     directory: Path,
     duration: int,
+    rounds: int,
 ) -> list[Result]:
     by_key = {server.spec.key: server for server in servers}
     planned = cells([server.spec for server in servers])
-    minutes = len(planned) * (WARMUP_SECONDS + duration) / 60
-    print(f"measuring {len(planned)} cells, about {minutes:.1f} minutes", flush=True)
-    results = []
-    for index, cell in enumerate(planned, start=1):
-        server = by_key[cell.server.key]
-        result = measure(wrk, server, cell, bodies[cell.rows], directory, duration)
-        results.append(result)
-        print(
-            f"[{index:2}/{len(planned)}] {server.spec.name:<20} {cell.label:<38} "
-            f"{cell.connections:>2} conns {cell.rows:>2} rows: "
-            f"{result.requests_per_second:8.1f} req/s  p50 {result.p50_ms:8.2f} ms  "
-            f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}",
-            flush=True,
-        )
-    return results
+    each = max(1, round(duration / rounds))
+    seconds = len(planned) * (WARMUP_SECONDS + each + (rounds - 1) * (REWARM_SECONDS + each))
+    print(
+        f"measuring {len(planned)} cells in {rounds} round(s) of {each} s, "
+        f"about {seconds / 60:.1f} minutes",
+        flush=True,
+    )
+    measured: list[list[Result]] = [[] for _ in planned]
+    for turn in range(rounds):
+        warmup = WARMUP_SECONDS if turn == 0 else REWARM_SECONDS
+        # Every other round goes backwards: a server measured just after another at one setting
+        # is measured just before it in the next round, so their order favours neither.
+        order = list(enumerate(planned))
+        for index, cell in order if turn % 2 == 0 else reversed(order):
+            server = by_key[cell.server.key]
+            result = measure(wrk, server, cell, bodies[cell.rows], directory, each, warmup)
+            measured[index].append(result)
+            print(
+                f"[{turn + 1}/{rounds} {index + 1:2}/{len(planned)}] {server.spec.name:<20} "
+                f"{cell.label:<38} {cell.connections:>2} conns {cell.rows:>2} rows: "
+                f"{result.requests_per_second:8.1f} req/s  p50 {result.p50_ms:8.2f} ms  "
+                f"p99 {result.p99_ms:8.2f} ms  errors {result.errors}",
+                flush=True,
+            )
+    return [merge_rounds(results) for results in measured]
 
 
 if __name__ == "__main__":

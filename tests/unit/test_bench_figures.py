@@ -1,0 +1,104 @@
+"""The benchmark's arithmetic: a cell's figures from its rounds, and the targets read from them."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def _load_bench() -> ModuleType:
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("bench", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def _round(
+    rps: float,
+    *,
+    workers: int = 2,
+    connections: int = 16,
+    rows: int = 1,
+    features: str = "single",
+    p50: float = 1.0,
+    p99: float = 2.0,
+    cpu_ms: float = 0.5,
+    rss: float = 300.0,
+    errors: int = 0,
+    server: str = "gateway",
+) -> "bench.Result":
+    requests = int(rps * 4)
+    return bench.Result(
+        server=server,
+        workers=workers,
+        connections=connections,
+        rows=rows,
+        features=features,
+        requests=requests,
+        requests_per_second=rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_ms_per_request=cpu_ms,
+        rss_mib_per_worker=rss,
+        client_cpu_seconds=1.0,
+        other_cpu_percent=0.0,
+        steal_percent=0.0,
+        rounds=[bench.Round(requests, rps, p50, p99, rss)],
+    )
+
+
+def test_a_cell_is_the_median_of_its_rounds_and_the_total_of_its_work() -> None:
+    rounds = [
+        _round(1000, p50=1.0, p99=3.0, cpu_ms=0.4, rss=300, errors=1),
+        _round(400, p50=9.0, p99=30.0, cpu_ms=1.0, rss=310),  # a round the machine slowed
+        _round(1100, p50=1.1, p99=2.5, cpu_ms=0.5, rss=305),
+    ]
+    cell = bench.merge_rounds(rounds)
+    assert (cell.requests_per_second, cell.p50_ms, cell.p99_ms) == (1000, 1.1, 3.0)
+    assert (cell.requests, cell.errors, cell.rss_mib_per_worker) == (10_000, 1, 310)
+    # CPU per request over all the rounds' requests, not a median.
+    assert cell.cpu_ms_per_request == pytest.approx((4000 * 0.4 + 1600 * 1.0 + 4400 * 0.5) / 10_000)
+    assert [r.requests_per_second for r in cell.rounds] == [1000, 400, 1100]
+
+
+def _workers_target(one_rps: float, two_rps: float) -> "bench.Target":
+    results = [
+        _round(one_rps, workers=1, connections=1),
+        _round(two_rps, workers=2, connections=1),
+    ]
+    return next(t for t in bench.evaluate_targets(results) if "--workers 2" in t.goal)
+
+
+def test_workers_2_within_the_noise_band_of_workers_1_is_not_slower() -> None:
+    target = _workers_target(1000, 1000 * (1 - bench.EQUAL_WITHIN / 2))
+    assert target.met
+    assert "slower" not in target.detail
+
+
+def test_workers_2_below_the_noise_band_is_slower() -> None:
+    target = _workers_target(1000, 1000 * (1 - bench.EQUAL_WITHIN * 2))
+    assert not target.met
+    assert target.detail.startswith("slower at 1 conns/1 rows: 940.0 vs 1000.0 req/s")
+
+
+def test_memory_compares_the_first_round_of_the_run_with_the_last() -> None:
+    matrix = bench.merge_rounds([_round(900, rss=300.0), _round(900, rss=301.0)])
+    row_a = bench.merge_rounds(
+        [
+            _round(900, features=bench.FEATURE_ROWS_BY_KEY["gateway-2"], rss=302.0),
+            _round(900, features=bench.FEATURE_ROWS_BY_KEY["gateway-2"], rss=309.0),
+        ]
+    )
+    (target,) = bench._memory_target([matrix, row_a])
+    assert target.detail.startswith("300.0 -> 309.0 MiB (+9.0 MiB) after 10,800 more requests")
+    assert not target.met  # 3% growth is over the 2% limit
