@@ -94,11 +94,14 @@ class Batcher:
             self._queue_gauge.inc()
         if not self._running:
             self._running = True
-            self._next(loop)
+            loop.call_soon(self._next, loop)
         return await waiting.future
 
     # A batch is driven by callbacks on the loop, not by a task: no task to create and step
-    # through for each batch, and no asyncio future wrapping the thread's.
+    # through for each batch, and no asyncio future wrapping the thread's. A batch is taken with
+    # call_soon, once the requests that reached the loop together have all been queued: a request
+    # alone waits for no one, and requests read in the same turn of the loop share a batch
+    # instead of the first going alone.
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the next batch, or stop when nobody is waiting."""
@@ -159,7 +162,7 @@ class Batcher:
                 else:
                     waiting.future.set_result(result)
         finally:
-            self._next(loop)
+            loop.call_soon(self._next, loop)
 
     def _take(self, batch: list[_Waiting]) -> list[_Waiting]:
         while self._waiting and len(batch) < self._max_size:
