@@ -54,6 +54,18 @@ def test_unsupported_media_types_are_415(content_type: str | None, message: str)
     assert message in error.message
 
 
+def test_media_types_are_judged_the_same_every_time_whatever_the_clients_send() -> None:
+    for _ in range(3):
+        assert payload.parse_media_type("text/csv; charset=utf-8") is payload.Format.CSV
+        assert error_of(payload.parse_media_type, "text/plain").status_code == 415
+    # Many distinct accepted values (here: spacing): each still parsed right, memory bounded.
+    for spaces in range(200):
+        content_type = "application/json;" + " " * spaces + "charset=utf-8"
+        assert payload.parse_media_type(content_type) is payload.Format.JSON
+    assert error_of(payload.parse_media_type, "application/json; charset=latin-1")
+    assert len(payload._ACCEPTED) <= payload._ACCEPTED_MAX
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
