@@ -192,7 +192,7 @@ def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
         endpoint: dict[str, Any] = {
             "name": MODEL_NAME,
             "model": MODEL_NAME,
-            "batching": {"max_batch_size": 64, "max_wait_ms": 0},
+            "batching": {"max_batch_size": 64, "max_wait_ms": 2},
         }
         if features is Features.SINGLE:
             endpoint["variants"] = [{"alias": "champion", "weight": 1}]

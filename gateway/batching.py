@@ -1,9 +1,12 @@
 """Adaptive batching: concurrent requests for one model version merged into one `predict` call.
 
-A request that arrives while no batch of its version is being predicted is predicted at once, so
-a request alone never waits. Requests that arrive while a batch is being predicted queue up and
-go together in the next one (up to `max_batch_size` requests and as many rows); a batch of
-several requests that is not full may wait `max_wait_ms` for more.
+Requests that arrive while a batch of their version is being predicted queue up and go together
+in the next one (up to `max_batch_size` requests and as many rows). A request that arrives when
+the batcher has been idle for more than `max_wait_ms` is predicted at once: a request alone never
+waits. Under load, when the last batch was answered less than `max_wait_ms` ago, a new batch
+waits at most `max_wait_ms` until it is as large as that last batch. Concurrent clients answered
+together send their next requests a few hundred microseconds apart; without that wait the first
+of them would go alone and the rest together, two `predict` calls where one does.
 
 A batch is one hand-off to a worker thread, which parses every request of it, merges those that
 would be predicted the same way (rows that the model's frame plan builds, with the same params;
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
@@ -84,6 +88,13 @@ class Batcher:
         self._max_wait = settings.max_wait_ms / 1000
         self._waiting: deque[_Waiting] = deque()
         self._running = False
+        # The last batch answered: its size and the loop's time then.
+        self._last_size = 0
+        self._last_end = -math.inf
+        # A batch waiting to reach `_target` requests, and the timer that ends its wait.
+        self._held: list[_Waiting] | None = None
+        self._target = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Batched:
         """One request's predictions, computed with whatever it can be merged with."""
@@ -95,6 +106,8 @@ class Batcher:
         if not self._running:
             self._running = True
             loop.call_soon(self._next, loop)
+        elif self._held is not None and len(self._held) + len(self._waiting) >= self._target:
+            self._release(loop)
         return await waiting.future
 
     # A batch is driven by callbacks on the loop, not by a task: no task to create and step
@@ -109,13 +122,23 @@ class Batcher:
             self._running = False
             return
         batch = self._take([])
-        if 1 < len(batch) < self._max_size and self._max_wait > 0:
-            loop.call_later(self._max_wait, self._fill_and_submit, loop, batch)
+        under_load = loop.time() - self._last_end <= self._max_wait
+        target = min(self._last_size, self._max_size) if under_load else 1
+        if len(batch) < target:
+            self._held, self._target = batch, target
+            self._timer = loop.call_later(self._max_wait, self._release, loop)
         else:
             self._submit(loop, batch)
 
-    def _fill_and_submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
-        self._submit(loop, self._take(batch))
+    def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End a held batch's wait: it reached its size, or its time is up."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._submit(loop, self._take(held))
 
     def _submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         if self._queue_gauge is not None:
@@ -143,6 +166,7 @@ class Batcher:
         done: "Future[list[Batched | GatewayError]] | None",
     ) -> None:
         """Answer each request of a batch, then start the next one."""
+        self._last_size, self._last_end = len(batch), loop.time()
         try:
             if done is None:
                 results: list[Batched | GatewayError] = [internal_error()] * len(batch)

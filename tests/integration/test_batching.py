@@ -2,6 +2,7 @@
 
 import re
 import threading
+import time
 from collections.abc import Callable
 
 import httpx
@@ -56,12 +57,9 @@ def _queued(url: str) -> float:
 
 
 def _send_behind_a_held_batch(
-    url: str, requests: dict[str, list[int]], late: dict[str, list[int]] | None = None
+    url: str, requests: dict[str, list[int]]
 ) -> dict[str, httpx.Response]:
-    """Hold the model on a first request, queue `requests` behind it, then let them all go.
-
-    `late` requests are sent once the first is answered: after the batch behind it was taken.
-    """
+    """Hold the model on a first request, queue `requests` behind it, then let them all go."""
     answers: dict[str, httpx.Response] = {}
 
     def send(name: str, tenures: list[int]) -> None:
@@ -79,11 +77,7 @@ def _send_behind_a_held_batch(
         wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
     finally:
         models.GATE.set()
-    first.join(60)
-    latecomers = [threading.Thread(target=send, args=item) for item in (late or {}).items()]
-    for thread in latecomers:
-        thread.start()
-    for thread in [*others, *latecomers]:
+    for thread in [first, *others]:
         thread.join(60)
     return answers
 
@@ -120,17 +114,47 @@ def test_a_request_whose_answer_cannot_be_encoded_fails_alone_in_its_batch(
     assert answers["b"].json() == {"predictions": [233]}
 
 
-def test_a_batch_that_is_not_full_waits_max_wait_ms_for_more(
+def _post_in_thread(url: str, tenure: int, answers: dict[int, httpx.Response]) -> threading.Thread:
+    def send() -> None:
+        answers[tenure] = httpx.post(f"{url}/invocations", json=_body([tenure]), timeout=60)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_under_load_a_batch_waits_until_it_is_as_large_as_the_last_one(
     make_config: Callable[..., GatewayConfig], probe: str
 ) -> None:
-    # The two queued requests are taken as a batch when the first is answered; the batch then
-    # waits up to 1 s, so the late request, sent at once, joins it.
-    config = _config(make_config, probe, max_wait_ms=1_000)
-    with running_gateway(config) as url:
-        answers = _send_behind_a_held_batch(url, {"a": [21], "b": [22, 23]}, late={"c": [24]})
-    assert models.BATCH_CALLS == [1, 4]
-    assert answers["c"].json() == {"predictions": [240]}
-    assert answers["b"].json() == {"predictions": [222, 233]}
+    with running_gateway(_config(make_config, probe, max_wait_ms=1_000)) as url:
+        _send_behind_a_held_batch(url, {"a": [21], "b": [22], "c": [23]})
+        # The last batch had three requests and was answered just now: the next request waits
+        # for two more (at most 1 s) instead of going alone.
+        answers: dict[int, httpx.Response] = {}
+        alone = _post_in_thread(url, 24, answers)
+        time.sleep(0.15)
+        others = [_post_in_thread(url, tenure, answers) for tenure in (25, 26)]
+        for thread in [alone, *others]:
+            thread.join(60)
+    assert models.BATCH_CALLS == [1, 3, 3]
+    assert {t: answers[t].json() for t in answers} == {
+        t: {"predictions": [t * 10 + t % 4]} for t in (24, 25, 26)
+    }
+
+
+def test_a_request_after_the_batcher_was_idle_longer_than_max_wait_ms_does_not_wait(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    with running_gateway(_config(make_config, probe, max_wait_ms=1_000)) as url:
+        _send_behind_a_held_batch(url, {"a": [21], "b": [22], "c": [23]})
+        time.sleep(1.2)
+        started = time.monotonic()
+        response = httpx.post(f"{url}/invocations", json=_body([27]), timeout=60)
+        elapsed = time.monotonic() - started
+    assert response.json() == {"predictions": [273]}
+    assert models.BATCH_CALLS == [1, 3, 1]
+    # Held for company it would have waited the whole second; alone it takes milliseconds.
+    assert elapsed < 0.9
 
 
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "unbatched"])
