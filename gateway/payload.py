@@ -65,10 +65,9 @@ def parse_media_type(content_type: str | None) -> Format:
 
 
 def _parse_media_type(content_type: str | None) -> Format:
-    supported = _SUPPORTED
     if content_type is None or not content_type.strip():
         raise GatewayError(
-            "UNSUPPORTED_MEDIA_TYPE", f"A Content-Type header is required; supported: {supported}."
+            "UNSUPPORTED_MEDIA_TYPE", f"A Content-Type header is required; supported: {_SUPPORTED}."
         )
     mime, *pairs = (part.strip() for part in content_type.split(";"))
     params = {}
@@ -89,7 +88,7 @@ def _parse_media_type(content_type: str | None) -> Format:
     except ValueError:
         raise GatewayError(
             "UNSUPPORTED_MEDIA_TYPE",
-            f"This predictor only supports the following content types: {supported}. "
+            f"This predictor only supports the following content types: {_SUPPORTED}. "
             f"Got '{content_type[:100]}'.",
         ) from None
 
