@@ -887,7 +887,7 @@ def measure(
     cpu = cpu_usage(before, cpu_snapshot(server.pid))
     server.check_alive()
     figures = parse_wrk(output)
-    rss = max(sampler.peaks.values()) if sampler.peaks else None
+    peak = max(sampler.peaks.values()) if sampler.peaks else None
     return Result(
         server=server.spec.label,
         workers=server.spec.workers,
@@ -902,7 +902,7 @@ def measure(
         cpu_ms_per_request=(
             cpu.server_seconds * 1000 / figures.requests if figures.requests else None
         ),
-        rss_mib_per_worker=rss,
+        rss_mib_per_worker=peak,
         client_cpu_seconds=round(cpu.client_seconds, 2),
         other_cpu_percent=round(cpu.other_percent, 1),
         steal_percent=round(cpu.steal_percent, 1),
@@ -913,7 +913,7 @@ def measure(
         wrk_output=output,
         rounds=[
             Round(
-                figures.requests, figures.requests_per_second, figures.p50_ms, figures.p99_ms, rss
+                figures.requests, figures.requests_per_second, figures.p50_ms, figures.p99_ms, peak
             )
         ],
     )
