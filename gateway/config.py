@@ -151,6 +151,22 @@ class GatewayConfig(_Model):
             raise ValueError(f"endpoint names must be unique, repeated: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _batches_wait_less_than_the_timeout(self) -> Self:
+        # A batch held for company past the request timeout would answer 504 for a fast model.
+        limit = self.request_timeout_seconds * 1000
+        late = [
+            f"{e.name} ({e.batching.max_wait_ms:g} ms)"
+            for e in self.endpoints
+            if e.batching is not None and e.batching.max_wait_ms >= limit
+        ]
+        if late:
+            raise ValueError(
+                f"batching.max_wait_ms must be below request_timeout_seconds "
+                f"({limit:g} ms): {', '.join(late)}"
+            )
+        return self
+
     def endpoint(self, name: str) -> Endpoint | None:
         """The endpoint called `name`, if any."""
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)

@@ -158,6 +158,11 @@ def test_every_problem_is_listed_with_its_path_at_once() -> None:
             "refresh_seconds: must be a number > 0",
         ),
         (
+            "request_timeout_seconds: 0.5\n"
+            "endpoints: [{name: a, model: a, variants: [{alias: x}], batching: {max_wait_ms: 500}}]",
+            "(top level): batching.max_wait_ms must be below request_timeout_seconds (500 ms): a (500 ms)",
+        ),
+        (
             "tracking_ur: x\nendpoints: [{name: a, model: a, variants: [{alias: x}]}]",
             "tracking_ur: unknown key (did you mean `tracking_uri`?)",
         ),
