@@ -122,7 +122,7 @@ class Batcher:
             self._running = False
             return
         batch = self._take([])
-        under_load = loop.time() - self._last_end <= self._max_wait
+        under_load = self._max_wait > 0 and loop.time() - self._last_end <= self._max_wait
         target = min(self._last_size, self._max_size) if under_load else 1
         if len(batch) < target:
             self._held, self._target = batch, target
