@@ -38,7 +38,7 @@ import httpx
 import yaml
 
 from gateway import __version__ as gateway_version
-from gateway.demo import FEATURES, MODEL_NAME, build_demo, synthetic_customers
+from gateway.commands.demo import FEATURES, MODEL_NAME, build_demo, synthetic_customers
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmark-results" / "latest.md"
@@ -592,7 +592,7 @@ def build_logistic_registry(directory: Path) -> str:
     from mlflow.tracking import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
-    from gateway.demo import VARIANTS
+    from gateway.commands.demo import VARIANTS
 
     directory.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{directory / 'mlflow.db'}"

@@ -11,7 +11,7 @@ import random
 import sys
 import timeit
 
-from gateway.routing import choose_sticky, choose_sticky_many
+from gateway.core.routing import choose_sticky, choose_sticky_many
 
 ENDPOINT = "churn"
 KEYS = [f"user-{i}" for i in range(100_000)]

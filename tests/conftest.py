@@ -2,7 +2,7 @@
 
 import os
 
-# The test registry holds only models these tests trained themselves (see gateway.demo).
+# The test registry holds only models these tests trained themselves (see gateway.commands.demo).
 os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
 # No telemetry or network calls from MLflow during tests.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -14,7 +14,7 @@ import mlflow
 from mlflow import MlflowClient  # noqa: TID251 (a script of its own: it sets the registry's aliases)
 from mlflow.exceptions import MlflowException
 
-from gateway.demo import MODEL_NAME, VARIANTS, register_models
+from gateway.commands.demo import MODEL_NAME, VARIANTS, register_models
 
 logger = logging.getLogger("seed")
 

@@ -13,12 +13,12 @@ import pytest
 import uvicorn
 import yaml
 
-from gateway.app import create_app
-from gateway.config import GatewayConfig, parse_config
-from gateway.demo import FEATURES, MODEL_NAME, build_demo
-from gateway.inference_log import InferenceLogWriter
-from gateway.registry import Registry
-from gateway.server import NoDelayHTTPProtocol, bind
+from gateway.commands.demo import FEATURES, MODEL_NAME, build_demo
+from gateway.core.config import GatewayConfig, parse_config
+from gateway.http.app import create_app
+from gateway.http.server import NoDelayHTTPProtocol, bind
+from gateway.observe.log_writer import InferenceLogWriter
+from gateway.serving.registry import Registry
 
 DEADLINE_SECONDS = 60.0
 

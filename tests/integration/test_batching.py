@@ -8,8 +8,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.demo import FEATURES
+from gateway.commands.demo import FEATURES
+from gateway.core.config import GatewayConfig
 from tests.integration import models
 from tests.integration.conftest import running_gateway, wait_until
 

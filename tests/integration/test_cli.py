@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from gateway.config import GatewayConfig
+from gateway.core.config import GatewayConfig
 from tests.integration.conftest import free_port, split_payload, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow

@@ -23,10 +23,10 @@ import pytest
 import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway import metrics
-from gateway.cli import _parser
-from gateway.config import parse_config
-from gateway.server import _GRACE_SECONDS
+from gateway.commands.cli import _parser
+from gateway.core.config import parse_config
+from gateway.http.server import _GRACE_SECONDS
+from gateway.observe import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = (ROOT / "Dockerfile", ROOT / "deploy" / "compose" / "mlflow.Dockerfile")
@@ -613,5 +613,5 @@ def test_seed_script_runs_in_the_gateway_image() -> None:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # imports what it uses from gateway.demo
+    spec.loader.exec_module(module)  # imports what it uses from gateway.commands.demo
     assert callable(module.main)

@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.registry import LoadedModel, ModelVersion, Registry
+from gateway.core.config import GatewayConfig
+from gateway.serving.registry import LoadedModel, ModelVersion, Registry
 from tests.integration.conftest import running_gateway, split_payload, wait_healthy
 
 ROWS: list[list[object]] = [[3, 89.5, 4, "basic"], [48, 30.0, 0, "pro"], [12, 55.25, 2, "plus"]]
@@ -201,7 +201,7 @@ def loaded_versions(make_config: Callable[..., GatewayConfig]) -> dict[str, Any]
     """Predictions for ROWS computed by each version's pyfunc model directly."""
     import pandas as pd
 
-    from gateway.demo import FEATURES
+    from gateway.commands.demo import FEATURES
 
     registry = Registry(make_config().tracking_uri, None)
     frame = pd.DataFrame(ROWS, columns=list(FEATURES))

@@ -16,8 +16,8 @@ from typing import IO, Any
 import pandas as pd
 import pytest
 
-from gateway.inference_log import InferenceLogWriter
-from gateway.inference_record import build_record, user_key_hash
+from gateway.core.record import build_record, user_key_hash
+from gateway.observe.log_writer import InferenceLogWriter
 from tests.integration.conftest import wait_until
 from tests.unit.test_inference_record import RECORD_FIELDS as FIELDS
 
@@ -240,7 +240,7 @@ def test_full_queue_drops_without_blocking_and_counts_every_drop(
 def test_drop_warnings_are_rate_limited_and_count_the_drops_between_them(
     tmp_path: Path, writers: list[InferenceLogWriter], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="gateway.inference_log")
+    caplog.set_level(logging.WARNING, logger="gateway.observe.log_writer")
     clock = FakeClock()
     gate, entered = threading.Event(), threading.Event()
     writer = started(

@@ -28,9 +28,9 @@ import mlflow
 import pytest
 import yaml
 
-from gateway.registry import Registry
-from gateway.rollout import WEIGHTS_TAG
-from gateway.routing import choose_sticky
+from gateway.core.rollout import WEIGHTS_TAG
+from gateway.core.routing import choose_sticky
+from gateway.serving.registry import Registry
 from tests.integration import models
 from tests.integration.conftest import (
     BackgroundLoad,

@@ -12,10 +12,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway import metrics
-from gateway.config import GatewayConfig
-from gateway.inference_log import InferenceLogWriter
-from gateway.inference_record import user_key_hash
+from gateway.core.config import GatewayConfig
+from gateway.core.record import user_key_hash
+from gateway.observe import metrics
+from gateway.observe.log_writer import InferenceLogWriter
 from tests.integration.conftest import running_gateway, split_payload, wait_healthy
 from tests.integration.test_cli import GatewayProcess
 from tests.integration.test_inference_log import GatedFile

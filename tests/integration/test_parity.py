@@ -19,8 +19,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from gateway.config import GatewayConfig
-from gateway.demo import FEATURES, MODEL_NAME
+from gateway.commands.demo import FEATURES, MODEL_NAME
+from gateway.core.config import GatewayConfig
 from tests.integration.conftest import free_port, running_gateway, wait_until
 
 pytestmark = pytest.mark.slow

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import yaml
 
-from gateway import rollout_command
-from gateway.config import GatewayConfig
-from gateway.registry import Registry
-from gateway.rollout import AUDIT_TAG_PREFIX, WEIGHTS_TAG
+from gateway.commands import rollout as rollout_command
+from gateway.core.config import GatewayConfig
+from gateway.core.rollout import AUDIT_TAG_PREFIX, WEIGHTS_TAG
+from gateway.serving.registry import Registry
 from tests.integration import models
 from tests.integration.conftest import (
     BackgroundLoad,

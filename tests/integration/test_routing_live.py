@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from gateway import metrics
-from gateway.config import GatewayConfig
-from gateway.demo import FEATURES, MODEL_NAME
-from gateway.registry import ModelVersion, Registry
-from gateway.routing import choose_sticky
+from gateway.commands.demo import FEATURES, MODEL_NAME
+from gateway.core.config import GatewayConfig
+from gateway.core.routing import choose_sticky
+from gateway.observe import metrics
+from gateway.serving.registry import ModelVersion, Registry
 from tests.integration import models
 from tests.integration.conftest import running_gateway, split_payload, wait_healthy, wait_until
 from tests.integration.test_cli import GatewayProcess

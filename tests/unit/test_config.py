@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from gateway.config import ConfigError, load_config, parse_config
+from gateway.core.config import ConfigError, load_config, parse_config
 
 GOOD = textwrap.dedent(
     """

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gateway.errors import HTTP_STATUS, GatewayError
+from gateway.core.errors import HTTP_STATUS, GatewayError
 
 
 @pytest.mark.parametrize(

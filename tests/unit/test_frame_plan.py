@@ -10,8 +10,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.utils import _enforce_schema
 from mlflow.types import ColSpec, Schema
 
-from gateway import payload
-from gateway.frame_plan import make_plan
+from gateway.protocol import payload
+from gateway.protocol.frame_plan import make_plan
 
 SCHEMA = Schema(
     [

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.inference_record import build_record, should_sample, user_key_hash
-from gateway.routing import Routing
+from gateway.core.record import build_record, should_sample, user_key_hash
+from gateway.core.routing import Routing
 
 SECRET = b"test-secret"
 RECORD_FIELDS = [

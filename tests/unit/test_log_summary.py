@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.log_summary import (
+from gateway.observe.log_summary import (
     LatencyHistogram,
     Summary,
     VariantSummary,

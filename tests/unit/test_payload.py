@@ -7,8 +7,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from gateway import payload
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
+from gateway.protocol import payload
 
 SCHEMA = Schema([ColSpec("long", "age"), ColSpec("double", "income"), ColSpec("string", "plan")])
 METADATA = Model(signature=ModelSignature(inputs=SCHEMA))

@@ -9,9 +9,9 @@ FORBIDDEN = (
     "uvicorn",
     "httpx",
     "prometheus_client",
-    "gateway.registry",
-    "gateway.app",
-    "gateway.server",
+    "gateway.serving.registry",
+    "gateway.http.app",
+    "gateway.http.server",
 )
 # mlflow.pyfunc imports starlette (through fastapi) itself, so payload cannot be checked for it;
 # ruff's banned-api rule keeps the gateway's own starlette imports in app.py.
@@ -21,11 +21,11 @@ NO_WEB = ("starlette", "fastapi")
 @pytest.mark.parametrize(
     ("module", "also_forbidden"),
     [
-        ("gateway.config", ("mlflow", "pandas", *NO_WEB)),
-        ("gateway.errors", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
-        ("gateway.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
-        ("gateway.rollout", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
-        ("gateway.payload", ()),
+        ("gateway.core.config", ("mlflow", "pandas", *NO_WEB)),
+        ("gateway.core.errors", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.core.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.core.rollout", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.protocol.payload", ()),
     ],
 )
 def test_pure_module_imports_nothing_with_side_effects(

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from gateway.rollout import (
+from gateway.core.rollout import (
     Action,
     Figures,
     Guard,

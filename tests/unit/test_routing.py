@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway.routing import (
+from gateway.core.routing import (
     Routing,
     choose_random,
     choose_sticky,
@@ -44,7 +44,7 @@ def test_routing_values_are_the_inference_log_words() -> None:
 # per process (PYTHONHASHSEED), so two interpreters with different seeds must agree with this one.
 SUBPROCESS_SCRIPT = """
 import json
-from gateway.routing import choose_sticky
+from gateway.core.routing import choose_sticky
 keys = [f"user-{i}" for i in range(2000)]
 weights = {"champion": 70, "challenger": 20, "candidate": 10}
 variants = [choose_sticky("churn", key, weights) for key in keys]

@@ -10,17 +10,18 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
 
-from gateway import metrics, payload
-from gateway.accounting import UNKNOWN, Accountant, Answer, count
-from gateway.batching import Batcher
-from gateway.config import Endpoint, GatewayConfig
-from gateway.errors import GatewayError
-from gateway.inference_log import InferenceLogWriter
-from gateway.model_pool import ModelPool
-from gateway.prediction import Prediction, Served, predict_by_row, predict_one
-from gateway.registry import LoadedModel
-from gateway.routing import Routing, choose_random, choose_sticky
-from gateway.shadow import ShadowRunner
+from gateway.core.config import Endpoint, GatewayConfig
+from gateway.core.errors import GatewayError
+from gateway.core.routing import Routing, choose_random, choose_sticky
+from gateway.observe import metrics
+from gateway.observe.log_writer import InferenceLogWriter
+from gateway.protocol import payload
+from gateway.serving.accounting import UNKNOWN, Accountant, Answer, count
+from gateway.serving.batching import Batcher
+from gateway.serving.pool import ModelPool
+from gateway.serving.prediction import Prediction, Served, predict_by_row, predict_one
+from gateway.serving.registry import LoadedModel
+from gateway.serving.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from gateway import metrics
-from gateway.app import create_app
-from gateway.config import GatewayConfig
-from gateway.logconfig import LogFormat, configure_logging
+from gateway.core.config import GatewayConfig
+from gateway.http.app import create_app
+from gateway.observe import metrics
+from gateway.observe.logconfig import LogFormat, configure_logging
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import hmac
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.routing import Routing
+from gateway.core.routing import Routing
 
 _SAMPLE_PERSON: Final = b"gw-log-sample-v1"  # at most 16 bytes
 _TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})

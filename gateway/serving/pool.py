@@ -9,10 +9,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from gateway import metrics
-from gateway.config import Endpoint, GatewayConfig, Variant
-from gateway.registry import LoadedModel, ModelVersion, Registry, RegistryError
-from gateway.rollout import WEIGHTS_TAG, merge_weights, parse_weights
+from gateway.core.config import Endpoint, GatewayConfig, Variant
+from gateway.core.rollout import WEIGHTS_TAG, merge_weights, parse_weights
+from gateway.observe import metrics
+from gateway.serving.registry import LoadedModel, ModelVersion, Registry, RegistryError
 
 logger = logging.getLogger(__name__)
 

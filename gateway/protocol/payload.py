@@ -17,8 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
 from mlflow.pyfunc import scoring_server
 
-from gateway.errors import GatewayError
-from gateway.frame_plan import FramePlan, PlannedRows
+from gateway.core.errors import GatewayError
+from gateway.protocol.frame_plan import FramePlan, PlannedRows
 
 
 class Format(StrEnum):

@@ -12,9 +12,9 @@ from mlflow.models import ModelSignature
 from mlflow.models.utils import _enforce_schema
 from mlflow.tracking import MlflowClient
 
-from gateway.config import Variant
-from gateway.frame_plan import FramePlan, make_plan
-from gateway.payload import parse_json
+from gateway.core.config import Variant
+from gateway.protocol.frame_plan import FramePlan, make_plan
+from gateway.protocol.payload import parse_json
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.core.config import ConfigError, GatewayConfig, load_config
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-# prometheus-client's multiprocess directory; gateway.metrics reads it when first imported.
+# prometheus-client's multiprocess directory; gateway.observe.metrics reads it when first imported.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "check":
         return _check(config)
     if args.command == "rollout":
-        from gateway import rollout_command
+        from gateway.commands import rollout as rollout_command
 
         return rollout_command.main(config, args)
     return _serve(config, args)
@@ -70,7 +70,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     rollout = commands.add_parser(
         "rollout", help="canary rollouts: status, set, promote, rollback, run"
     )
-    from gateway.rollout_command import add_arguments
+    from gateway.commands.rollout import add_arguments
 
     add_arguments(rollout, lambda command: _config_argument(command, environ))
 
@@ -119,7 +119,7 @@ def _positive(text: str) -> int:
 
 def _check(config: GatewayConfig, *, show: bool = True) -> int:
     """Resolve every variant against the registry; print what serves, and every problem."""
-    from gateway.registry import Registry, RegistryError
+    from gateway.serving.registry import Registry, RegistryError
 
     registry = Registry(config.tracking_uri, config.registry_uri)
     problems = []
@@ -171,8 +171,8 @@ def _metrics_directory(workers: int) -> Iterator[None]:
 
 
 def _serve_with_metrics(config: GatewayConfig, args: argparse.Namespace) -> int:
-    from gateway.logconfig import configure_logging
-    from gateway.server import serve
+    from gateway.http.server import serve
+    from gateway.observe.logconfig import configure_logging
 
     configure_logging(args.log_level, args.log_format)
     # Resolve every alias before the port is bound: a typo fails here, at once, by name.
@@ -191,7 +191,7 @@ def _serve_with_metrics(config: GatewayConfig, args: argparse.Namespace) -> int:
 
 def _listen(host: str, port: int, workers: int) -> socket.socket | None:
     """The server's socket, or None after saying on stderr why there is none."""
-    from gateway.server import bind
+    from gateway.http.server import bind
 
     try:
         return bind(host, port, workers=workers)
@@ -201,7 +201,7 @@ def _listen(host: str, port: int, workers: int) -> socket.socket | None:
 
 
 def _logs_summary(args: argparse.Namespace) -> int:
-    from gateway import log_summary
+    from gateway.observe import log_summary
 
     return log_summary.run(
         args.dir,
@@ -214,9 +214,9 @@ def _logs_summary(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from gateway.demo import allow_demo_model_loading, build_demo
-    from gateway.logconfig import configure_logging
-    from gateway.server import serve
+    from gateway.commands.demo import allow_demo_model_loading, build_demo
+    from gateway.http.server import serve
+    from gateway.observe.logconfig import configure_logging
 
     started = time.monotonic()
     configure_logging(args.log_level, args.log_format)

@@ -21,14 +21,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__, metrics
-from gateway.config import Endpoint, GatewayConfig
-from gateway.errors import GatewayError, internal_error
-from gateway.inference_log import InferenceLogWriter
-from gateway.model_pool import ModelPool
-from gateway.registry import Registry
-from gateway.service import InvocationService
-from gateway.shadow import ShadowRunner
+from gateway import __version__
+from gateway.core.config import Endpoint, GatewayConfig
+from gateway.core.errors import GatewayError, internal_error
+from gateway.observe import metrics
+from gateway.observe.log_writer import InferenceLogWriter
+from gateway.serving.pool import ModelPool
+from gateway.serving.registry import Registry
+from gateway.serving.service import InvocationService
+from gateway.serving.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from gateway import payload
-from gateway.errors import GatewayError
-from gateway.frame_plan import FramePlan
-from gateway.registry import LoadedModel
-from gateway.routing import choose_random, choose_sticky_many
+from gateway.core.errors import GatewayError
+from gateway.core.routing import choose_random, choose_sticky_many
+from gateway.protocol import payload
+from gateway.protocol.frame_plan import FramePlan
+from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 

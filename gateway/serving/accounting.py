@@ -8,14 +8,14 @@ from typing import Any
 
 from mlflow.utils.proto_json_utils import NumpyEncoder
 
-from gateway import metrics
-from gateway.config import Endpoint, GatewayConfig
-from gateway.inference_log import InferenceLogWriter
-from gateway.inference_record import build_record, should_sample, user_key_hash
-from gateway.model_pool import ModelPool
-from gateway.prediction import Prediction, Served
-from gateway.routing import Routing
-from gateway.shadow import ShadowResult
+from gateway.core.config import Endpoint, GatewayConfig
+from gateway.core.record import build_record, should_sample, user_key_hash
+from gateway.core.routing import Routing
+from gateway.observe import metrics
+from gateway.observe.log_writer import InferenceLogWriter
+from gateway.serving.pool import ModelPool
+from gateway.serving.prediction import Prediction, Served
+from gateway.serving.shadow import ShadowResult
 
 # Label values for requests refused before an endpoint or variant was known: labels stay bounded.
 UNKNOWN = "_unknown"

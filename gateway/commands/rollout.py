@@ -18,9 +18,8 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.config import Endpoint, GatewayConfig
-from gateway.registry import Registry, RegistryError
-from gateway.rollout import (
+from gateway.core.config import Endpoint, GatewayConfig
+from gateway.core.rollout import (
     AUDIT_TAG_PREFIX,
     DEFAULT_STEPS,
     WEIGHTS_TAG,
@@ -36,6 +35,7 @@ from gateway.rollout import (
     parse_weights,
     quantile,
 )
+from gateway.serving.registry import Registry, RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 Snapshot = dict[str, "Totals"]

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from gateway import metrics, payload
-from gateway.config import Endpoint
-from gateway.errors import GatewayError
-from gateway.model_pool import ModelPool
-from gateway.prediction import Prediction, count_differences, predict_one
-from gateway.registry import LoadedModel
+from gateway.core.config import Endpoint
+from gateway.core.errors import GatewayError
+from gateway.observe import metrics
+from gateway.protocol import payload
+from gateway.serving.pool import ModelPool
+from gateway.serving.prediction import Prediction, count_differences, predict_one
+from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 

@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from gateway import metrics, payload
-from gateway.config import Batching
-from gateway.errors import GatewayError, internal_error
-from gateway.frame_plan import PlannedRows
-from gateway.prediction import parse, per_row, predict_parsed, predict_raw, row_count
-from gateway.registry import LoadedModel
+from gateway.core.config import Batching
+from gateway.core.errors import GatewayError, internal_error
+from gateway.observe import metrics
+from gateway.protocol import payload
+from gateway.protocol.frame_plan import PlannedRows
+from gateway.serving.prediction import parse, per_row, predict_parsed, predict_raw, row_count
+from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 

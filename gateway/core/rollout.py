@@ -3,7 +3,7 @@
 Live weights are a registered-model tag, `gateway.weights`, holding a JSON object of variant name
 to integer weight, e.g. `{"champion": 75, "challenger": 25}`. Every gateway process serving the
 model reads it on each refresh; a variant the tag does not name keeps its configured weight.
-Each rollout decision is recorded as a tag `gateway.rollout.<UTC time>` holding a JSON object.
+Each rollout decision is recorded as a tag `gateway.core.rollout.<UTC time>` holding a JSON object.
 """
 
 import json
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 WEIGHTS_TAG = "gateway.weights"
-AUDIT_TAG_PREFIX = "gateway.rollout."
+AUDIT_TAG_PREFIX = "gateway.core.rollout."
 DEFAULT_STEPS = (5, 25, 50, 100)
 
 

@@ -1,0 +1,1 @@
+"""The pure core: config, errors, routing, rollout decisions, inference records, statistics."""

@@ -1,0 +1,1 @@
+"""The HTTP edge: the ASGI app and the server that runs it."""

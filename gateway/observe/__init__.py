@@ -1,0 +1,1 @@
+"""Observability: metrics, the inference-log writer and the readers of the logs."""

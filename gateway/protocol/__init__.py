@@ -1,0 +1,1 @@
+"""The MLflow scoring protocol: request bodies to model input, predictions to response bodies."""

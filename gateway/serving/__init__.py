@@ -1,0 +1,1 @@
+"""The serving runtime: registry, model pool, batching, shadow traffic and the invocation service."""
