@@ -7,12 +7,17 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from gateway.core.routing import Routing
 
+SCHEMA_VERSION: Final = 2
 _SAMPLE_PERSON: Final = b"gw-log-sample-v1"  # at most 16 bytes
+_CLIENT_REQUEST_ID_KEY: Final = b'"client_request_id"'
+_MAX_CLIENT_REQUEST_ID: Final = 256
 _TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})
 
 
@@ -43,7 +48,10 @@ def build_record(
     variant: str | None,
     model_version: str | None,
     routing: str | None,
+    split: Mapping[str, int] | None,
     user_key_hash: str | None,
+    requester: str | None,
+    client_request_id: str | None,
     status_code: int,
     duration_ms: float,
     request_body: bytes,
@@ -54,7 +62,9 @@ def build_record(
 ) -> dict[str, Any]:
     """One inference-log record; bodies are stored as raw text, not parsed, to spare the request path.
 
-    `timestamp` is seconds since the epoch. A JSON or CSV request is stored as its UTF-8 text,
+    `timestamp` is seconds since the epoch. `client_request_id` is the caller's own id (the
+    `x-client-request-id` header); without one, a JSON body's top-level `client_request_id` key
+    (what Databricks clients send) is used, read here on the writer's thread. A JSON or CSV request is stored as its UTF-8 text,
     anything else (Parquet) as base64, as `request_encoding` says. Each body is cut to
     `max_payload_bytes` (None: no cap) on a UTF-8 character boundary, and `truncated` tells.
     """
@@ -67,8 +77,12 @@ def build_record(
         if response_truncated:
             response = _whole_characters(response)
         response_text = response.decode("utf-8", "replace")
+    if client_request_id is None:
+        client_request_id = _body_client_request_id(request_body, content_type)
     return {
+        "schema_version": SCHEMA_VERSION,
         "request_id": request_id,
+        "client_request_id": client_request_id,
         "timestamp": datetime.fromtimestamp(timestamp, UTC)
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
@@ -77,7 +91,9 @@ def build_record(
         "variant": variant,
         "model_version": model_version,
         "routing": None if routing is None else Routing(routing).value,
+        "split": None if split is None else dict(split),
         "user_key_hash": user_key_hash,
+        "requester": requester,
         "status_code": int(status_code),
         "duration_ms": round(float(duration_ms), 3),
         "request": request_text,
@@ -86,6 +102,20 @@ def build_record(
         "error": error,
         "truncated": request_truncated or response_truncated,
     }
+
+
+def _body_client_request_id(body: bytes, content_type: str | None) -> str | None:
+    """A JSON body's top-level `client_request_id` string, if it has one (cheap when it has none)."""
+    if _CLIENT_REQUEST_ID_KEY not in body or not (content_type or "").lower().startswith(
+        "application/json"
+    ):
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    value = document.get("client_request_id") if isinstance(document, dict) else None
+    return value[:_MAX_CLIENT_REQUEST_ID] if isinstance(value, str) else None
 
 
 def _cut(body: bytes, limit: int | None) -> tuple[bytes, bool]:

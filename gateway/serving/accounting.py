@@ -1,7 +1,7 @@
 """What each answered invocation leaves behind: its metrics and its inference-log records."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -31,6 +31,8 @@ class Answer:
     endpoint: Endpoint
     routing: Routing | None
     user_key: str | None
+    split: Mapping[str, int] | None
+    client_request_id: str | None
     status_code: int
     reply_body: bytes
     duration: float
@@ -139,7 +141,10 @@ class Accountant:
             variant=variant,
             model_version=version,
             routing=routing,
+            split=answer.split,
             user_key_hash=hashed,
+            requester=None,
+            client_request_id=answer.client_request_id,
             status_code=status_code,
             duration_ms=seconds * 1000,
             request_body=answer.body,

@@ -26,6 +26,7 @@ from gateway.serving.shadow import ShadowRunner
 logger = logging.getLogger(__name__)
 
 FORCE_HEADER = "x-gateway-variant"
+CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Decision:
 
     variant: str | None
     routing: Routing
+    split: Mapping[str, int]
     user_key: str | None = None
 
 
@@ -84,18 +86,20 @@ class InvocationService:
 
     def decide(self, endpoint: Endpoint, headers: Mapping[str, str]) -> Decision:
         """Pick the variant for a request: forced, sticky by header, per row, or a weighted draw."""
+        # The live weights are replaced whole when they change: this is the split of the decision.
+        split = self._pool.weights(endpoint.name)
         forced = headers.get(FORCE_HEADER)
         if forced is not None:
-            return Decision(self._forced(endpoint, forced), Routing.FORCED)
+            return Decision(self._forced(endpoint, forced), Routing.FORCED, split)
         sticky = endpoint.sticky
         if sticky is not None and sticky.field is not None:
-            return Decision(None, Routing.STICKY)
+            return Decision(None, Routing.STICKY, split)
         if sticky is not None and sticky.header is not None:
             user_key = headers.get(sticky.header.lower())
             if user_key:
-                variant = choose_sticky(endpoint.name, user_key, self._pool.weights(endpoint.name))
-                return Decision(variant, Routing.STICKY, user_key)
-        return Decision(choose_random(self._pool.weights(endpoint.name), self._rng), Routing.RANDOM)
+                variant = choose_sticky(endpoint.name, user_key, split)
+                return Decision(variant, Routing.STICKY, split, user_key)
+        return Decision(choose_random(split, self._rng), Routing.RANDOM, split)
 
     def _forced(self, endpoint: Endpoint, forced: str) -> str:
         names = list(endpoint.weights)
@@ -158,6 +162,8 @@ class InvocationService:
                 endpoint=endpoint,
                 routing=decision.routing if decision else None,
                 user_key=decision.user_key if decision else None,
+                split=decision.split if decision else None,
+                client_request_id=headers.get(CLIENT_REQUEST_ID_HEADER),
                 status_code=reply.status_code,
                 reply_body=reply.body,
                 duration=duration,

@@ -18,8 +18,8 @@ import pytest
 
 from gateway.core.record import build_record, user_key_hash
 from gateway.observe.log_writer import InferenceLogWriter
+from tests.helpers import documented_record_fields
 from tests.integration.conftest import wait_until
-from tests.unit.test_inference_record import RECORD_FIELDS as FIELDS
 
 DEADLINE = 5.0
 START = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC).timestamp()
@@ -64,6 +64,9 @@ class FlakyFile(io.TextIOWrapper):
         return super().write(text)
 
 
+FIELDS_IN_ORDER = documented_record_fields()
+
+
 def make_record(request_id: str, **overrides: Any) -> dict[str, Any]:
     arguments: dict[str, Any] = {
         "request_id": request_id,
@@ -73,7 +76,10 @@ def make_record(request_id: str, **overrides: Any) -> dict[str, Any]:
         "variant": "champion",
         "model_version": "1",
         "routing": "random",
+        "split": {"champion": 90, "challenger": 10},
         "user_key_hash": None,
+        "requester": None,
+        "client_request_id": None,
         "status_code": 200,
         "duration_ms": 4.5,
         "request_body": b'{"dataframe_split": {"columns": ["x"], "data": [[1]]}}',
@@ -149,7 +155,7 @@ def test_every_record_from_four_threads_is_written_exactly_once(
         for path in log_files(tmp_path)
         for line in path.read_text("utf-8").splitlines()
     ]
-    assert all(list(line) == FIELDS for line in lines)
+    assert all(list(line) == FIELDS_IN_ORDER for line in lines)
     counts = Counter(line["request_id"] for line in lines)
     assert counts == Counter({f"t{t}-{i}": 1 for t in range(4) for i in range(1250)})
 
@@ -424,7 +430,7 @@ def test_the_files_load_with_pandas_read_json(
     assert len(frames) > 1
     frame = pd.concat(frames, ignore_index=True)
 
-    assert list(frame.columns) == FIELDS
+    assert list(frame.columns) == FIELDS_IN_ORDER
     assert list(frame["request_id"]) == ["ok", "bad", "parquet", "shadow", "cut"]
     assert list(frame["status_code"]) == [200, 400, 200, 200, 200]
     assert list(frame["request_encoding"]) == ["utf-8", "utf-8", "base64", "utf-8", "utf-8"]
@@ -438,7 +444,7 @@ def test_the_files_query_with_duckdb(tmp_path: Path, writers: list[InferenceLogW
     write_mixed_log(tmp_path, writers)
     with duckdb.connect() as connection:
         relation = connection.read_json(str(log_files(tmp_path)[0]))
-        assert relation.columns == FIELDS
+        assert relation.columns == FIELDS_IN_ORDER
         rows = connection.execute(
             "SELECT variant, routing, count(*), count(*) FILTER (WHERE status_code >= 400),"
             " epoch_ms(max(timestamp)), any_value(typeof(timestamp))"

@@ -9,25 +9,10 @@ import pytest
 
 from gateway.core.record import build_record, should_sample, user_key_hash
 from gateway.core.routing import Routing
+from tests.helpers import documented_record_fields
 
 SECRET = b"test-secret"
-RECORD_FIELDS = [
-    "request_id",
-    "timestamp",
-    "endpoint",
-    "model",
-    "variant",
-    "model_version",
-    "routing",
-    "user_key_hash",
-    "status_code",
-    "duration_ms",
-    "request",
-    "request_encoding",
-    "response",
-    "error",
-    "truncated",
-]
+RECORD_FIELDS = documented_record_fields()
 # 2024-05-01T12:34:56.789Z
 EPOCH = datetime(2024, 5, 1, 12, 34, 56, 789_000, tzinfo=UTC).timestamp()
 JSON_BODY = b'{"dataframe_split": {"columns": ["x"], "data": [[1]]}}'
@@ -42,7 +27,10 @@ def record(**overrides: Any) -> dict[str, Any]:
         "variant": "champion",
         "model_version": "3",
         "routing": "sticky",
+        "split": {"champion": 90, "challenger": 10},
         "user_key_hash": user_key_hash("alice", SECRET),
+        "requester": None,
+        "client_request_id": None,
         "status_code": 200,
         "duration_ms": 12.3456789,
         "request_body": JSON_BODY,
@@ -55,7 +43,32 @@ def record(**overrides: Any) -> dict[str, Any]:
 
 
 def test_record_has_exactly_the_documented_fields_in_order() -> None:
+    assert "split" in RECORD_FIELDS
     assert list(record()) == RECORD_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "expected"),
+    [
+        (None, b'{"client_request_id": "abc-1", "inputs": [1]}', "abc-1"),
+        ("from-header", b'{"client_request_id": "abc-1", "inputs": [1]}', "from-header"),
+        (None, b'{"inputs": [1]}', None),
+        (None, b'{"client_request_id": 7, "inputs": [1]}', None),
+        (None, b'{"client_request_id": "x", "inputs": ', None),
+        (None, b'["client_request_id"]', None),
+    ],
+)
+def test_client_request_id_comes_from_the_header_else_the_json_body(
+    header: str | None, body: bytes, expected: str | None
+) -> None:
+    built = record(client_request_id=header, request_body=body)
+    assert built["client_request_id"] == expected
+
+
+def test_records_carry_the_schema_version_and_the_split_of_the_decision() -> None:
+    built = record()
+    assert built["schema_version"] == 2
+    assert built["split"] == {"champion": 90, "challenger": 10}
 
 
 def test_record_field_values_and_types() -> None:
