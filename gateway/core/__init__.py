@@ -1,0 +1,1 @@
+"""Pure cores of the gateway's analyses: values in, values out."""
