@@ -8,6 +8,7 @@ from statsmodels.stats.power import NormalIndPower, zt_ind_solve_power
 
 from gateway.core.stats.power import (
     additional_samples,
+    outcome_variance,
     required_samples,
     samples_per_variant,
     sequential_samples_per_variant,
@@ -49,12 +50,20 @@ def test_required_samples_reach_exactly_the_wanted_power_for_large_effects(effec
     assert NormalIndPower().power(effect, n, 0.05) == pytest.approx(0.8, rel=1e-12)
 
 
-def test_baseline_rate_uses_the_bernoulli_variance() -> None:
-    assert required_samples(0.01, baseline_rate=0.1) == pytest.approx(
-        required_samples(0.01, variance=0.09), rel=1e-12
+@pytest.mark.parametrize(("ratio", "mde"), [(1.0, 0.01), (4.0, 0.01), (1.0, -0.02), (0.25, 0.05)])
+def test_baseline_rate_uses_each_variants_bernoulli_variance(ratio: float, mde: float) -> None:
+    p0, p1 = 0.1, 0.1 + mde
+    # Var(difference) = p1 (1 - p1) / n + p0 (1 - p0) / (ratio n) = s2 (1 + 1 / ratio) / n.
+    s2 = (ratio * p1 * (1 - p1) + p0 * (1 - p0)) / (ratio + 1)
+    assert outcome_variance(mde, variance=None, baseline_rate=p0, ratio=ratio) == pytest.approx(s2)
+    assert required_samples(mde, baseline_rate=p0, ratio=ratio) == pytest.approx(
+        required_samples(mde, variance=s2, ratio=ratio), rel=1e-12
     )
-    # Classic figure: 10% -> 11% needs about 14,000 per variant at alpha 0.05 and power 0.8.
-    assert samples_per_variant(0.01, baseline_rate=0.1) == 14128
+
+
+def test_ten_to_eleven_percent_needs_the_textbook_sample_size() -> None:
+    # Unpooled normal approximation: (1.96 + 0.84)^2 (0.09 + 0.0979) / 0.01^2, about 14,750.
+    assert samples_per_variant(0.01, baseline_rate=0.1) == 14749
 
 
 def test_additional_samples_count_down_to_zero() -> None:
@@ -71,6 +80,7 @@ def test_additional_samples_count_down_to_zero() -> None:
         ({"mde": 0.1, "variance": 1.0, "baseline_rate": 0.5}, "exactly one"),
         ({"mde": 0.0, "variance": 1.0}, "mde"),
         ({"mde": 0.1, "baseline_rate": 1.0}, "baseline_rate"),
+        ({"mde": 0.2, "baseline_rate": 0.9}, "baseline_rate"),
         ({"mde": 0.1, "variance": 0.0}, "variance"),
         ({"mde": 0.1, "variance": 1.0, "power": 1.0}, "power"),
         ({"mde": 0.1, "variance": 1.0, "ratio": 0.0}, "ratio"),

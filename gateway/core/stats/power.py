@@ -1,10 +1,12 @@
 """Sample sizes: how many records per variant a comparison needs to detect an effect.
 
 Fixed horizon: the two-sided z-test's normal approximation, solved exactly (both rejection tails)
-so it equals statsmodels' NormalIndPower. The outcome's variance is given directly, or for a
-proportion taken as baseline_rate * (1 - baseline_rate), the variance under no effect, for both
-variants. `ratio` is control records per treatment record; the functions return the treatment's
-count, and the control needs ratio times as many.
+so it equals statsmodels' NormalIndPower. `ratio` is control records per treatment record; the
+functions return the treatment's count, and the control needs ratio times as many. The outcome's
+variance is given directly, or for a proportion each variant's own Bernoulli variance at its
+planned rate (control: baseline_rate p0; treatment: p1 = p0 + mde), combined into the one
+variance s2 = (ratio * p1 (1 - p1) + p0 (1 - p0)) / (ratio + 1) that gives the difference's
+variance s2 (1 + 1 / ratio) / n (the unpooled normal approximation).
 
 Sequential (mSPRT, see gateway.core.stats.sequential): the smallest n at which the always-valid
 interval, looked at only once at n, excludes 0 in the effect's direction with the wanted power.
@@ -18,13 +20,21 @@ from scipy import optimize, stats  # type: ignore[import-untyped]
 from gateway.core.stats.sequential import always_valid_interval, default_tau2
 
 
-def _variance(variance: float | None, baseline_rate: float | None) -> float:
+def outcome_variance(
+    mde: float, *, variance: float | None, baseline_rate: float | None, ratio: float = 1.0
+) -> float:
+    """The per-record variance a plan uses: given, or the proportions' combined variance."""
     if (variance is None) == (baseline_rate is None):
         raise ValueError("give exactly one of variance and baseline_rate")
     if baseline_rate is not None:
-        if not 0 < baseline_rate < 1:
-            raise ValueError(f"baseline_rate must be between 0 and 1, got {baseline_rate}")
-        return baseline_rate * (1 - baseline_rate)
+        planned = baseline_rate + mde
+        if not 0 < baseline_rate < 1 or not 0 < planned < 1:
+            raise ValueError(
+                f"baseline_rate and baseline_rate + mde must be between 0 and 1, "
+                f"got {baseline_rate} and {planned}"
+            )
+        treatment, control = planned * (1 - planned), baseline_rate * (1 - baseline_rate)
+        return (ratio * treatment + control) / (ratio + 1)
     assert variance is not None
     if not 0 < variance < math.inf:
         raise ValueError(f"variance must be finite and > 0, got {variance}")
@@ -58,7 +68,9 @@ def required_samples(
 ) -> float:
     """Treatment records a fixed-horizon two-sided z-test needs, before rounding up."""
     _check(mde, alpha, power, ratio)
-    effect = abs(mde) / math.sqrt(_variance(variance, baseline_rate))
+    effect = abs(mde) / math.sqrt(
+        outcome_variance(mde, variance=variance, baseline_rate=baseline_rate, ratio=ratio)
+    )
     # The one-tail closed form is an upper bound; the other tail only lowers it a little.
     upper = ((stats.norm.isf(alpha / 2) + stats.norm.ppf(power)) / effect) ** 2
     upper *= (1 + ratio) / ratio
@@ -126,7 +138,7 @@ def sequential_samples_per_variant(
     P(N(|mde|, V) > h(V)). Always more than the fixed-horizon plan.
     """
     _check(mde, alpha, power, ratio)
-    s2 = _variance(variance, baseline_rate)
+    s2 = outcome_variance(mde, variance=variance, baseline_rate=baseline_rate, ratio=ratio)
     mixture = default_tau2(mde) if tau2 is None else tau2
 
     def shortfall(n: float) -> float:
