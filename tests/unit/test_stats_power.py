@@ -4,7 +4,7 @@ import math
 
 import pytest
 from scipy import stats
-from statsmodels.stats.power import NormalIndPower, zt_ind_solve_power
+from statsmodels.stats.power import NormalIndPower, tt_ind_solve_power, zt_ind_solve_power
 
 from gateway.core.stats.power import (
     additional_samples,
@@ -59,6 +59,15 @@ def test_baseline_rate_uses_each_variants_bernoulli_variance(ratio: float, mde: 
     assert required_samples(mde, baseline_rate=p0, ratio=ratio) == pytest.approx(
         required_samples(mde, variance=s2, ratio=ratio), rel=1e-12
     )
+
+
+@pytest.mark.parametrize(("effect", "ratio"), [(0.1, 1.0), (0.2, 3.0), (0.05, 1.0)])
+def test_normal_approximation_is_within_two_records_of_the_t_test_plan(
+    effect: float, ratio: float
+) -> None:
+    n = required_samples(effect, variance=1.0, ratio=ratio)
+    t_plan = tt_ind_solve_power(effect_size=effect, alpha=0.05, power=0.8, ratio=ratio)
+    assert 0 < t_plan - n < 2
 
 
 def test_ten_to_eleven_percent_needs_the_textbook_sample_size() -> None:

@@ -87,6 +87,8 @@ def quantile_edges(reference: ArrayLike, bins: int = 10) -> NDArray[np.float64]:
 def binned_shares(values: ArrayLike, edges: ArrayLike) -> NDArray[np.float64]:
     """Each right-closed bin's share of the values."""
     array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("no values to bin")
     counts = np.bincount(
         np.searchsorted(np.asarray(edges, dtype=np.float64), array, side="left"),
         minlength=np.size(edges) + 1,
