@@ -41,6 +41,7 @@ _INVOCATIONS = re.compile(r"/(?:(?:serving-)?endpoints/(?P<name>[^/]+)/)?invocat
 def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = None) -> ASGIApp:
     """The gateway's ASGI app over a runtime; `peers_ready` tells whether other workers are ready."""
     config = runtime.config
+    routes = _Routes(runtime, peers_ready)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -50,37 +51,17 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
         finally:
             await runtime.stop()
 
-    async def metrics_text(request: Request) -> Response:
-        # With several workers this reads every worker's files: off the event loop.
-        body, content_type = await asyncio.to_thread(
-            metrics.exposition, request.headers.get("accept")
-        )
-        return Response(body, headers={"content-type": content_type})
-
-    async def ping(request: Request) -> Response:
-        return Response("\n", media_type=JSON)
-
-    async def health(request: Request) -> Response:
-        if not runtime.pool.ready:
-            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
-        if peers_ready is not None and not peers_ready():
-            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Another worker is still loading models.")
-        return Response("\n", media_type=JSON)
-
-    async def version(request: Request) -> Response:
-        # The bare MLflow version, as `mlflow models serve` answers (`gateway --version` has ours).
-        return Response(mlflow.__version__, media_type=JSON)
-
-    async def endpoints(request: Request) -> Response:
-        return _json([_describe(runtime, endpoint.name) for endpoint in config.endpoints])
-
     rest = Starlette(
         routes=[
-            Route("/ping", ping, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/version", version, methods=["GET"]),
-            Route("/endpoints", endpoints, methods=["GET"]),
-            *([Route("/metrics", metrics_text, methods=["GET"])] if config.metrics.enabled else []),
+            Route("/ping", routes.ping, methods=["GET"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/version", routes.version, methods=["GET"]),
+            Route("/endpoints", routes.endpoints, methods=["GET"]),
+            *(
+                [Route("/metrics", routes.metrics, methods=["GET"])]
+                if config.metrics.enabled
+                else []
+            ),
         ],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -102,6 +83,39 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
         await rest(scope, receive, send)
 
     return app
+
+
+class _Routes:
+    """The routes besides invocations: probes, the version, the endpoints and the metrics."""
+
+    def __init__(self, runtime: Runtime, peers_ready: Callable[[], bool] | None) -> None:
+        self._runtime = runtime
+        self._peers_ready = peers_ready
+
+    async def ping(self, request: Request) -> Response:
+        return Response("\n", media_type=JSON)
+
+    async def health(self, request: Request) -> Response:
+        if not self._runtime.pool.ready:
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
+        if self._peers_ready is not None and not self._peers_ready():
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Another worker is still loading models.")
+        return Response("\n", media_type=JSON)
+
+    async def version(self, request: Request) -> Response:
+        # The bare MLflow version, as `mlflow models serve` answers (`gateway --version` has ours).
+        return Response(mlflow.__version__, media_type=JSON)
+
+    async def endpoints(self, request: Request) -> Response:
+        names = [endpoint.name for endpoint in self._runtime.config.endpoints]
+        return _json([_describe(self._runtime, name) for name in names])
+
+    async def metrics(self, request: Request) -> Response:
+        # With several workers this reads every worker's files: off the event loop.
+        body, content_type = await asyncio.to_thread(
+            metrics.exposition, request.headers.get("accept")
+        )
+        return Response(body, headers={"content-type": content_type})
 
 
 def _describe(runtime: Runtime, name: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ class Runtime:
         # The server has drained in-flight requests by now: every record is queued.
         if self._loading is not None:
             self._loading.cancel()
-        await self.shadow.drain(timeout=10.0)
+        await self.shadow.drain(grace_seconds=10.0)
         self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True, cancel_futures=False)
         if self.writer is not None:

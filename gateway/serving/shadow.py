@@ -84,11 +84,11 @@ class ShadowRunner:
             outcome, part, prediction.body if prediction else None, error
         )
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, grace_seconds: float) -> None:
         """Wait for running shadow predictions, then cancel what is left."""
         if not self._tasks:
             return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
         for task in pending:
             task.cancel()
 
