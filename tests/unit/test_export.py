@@ -292,8 +292,9 @@ def test_running_the_same_export_twice_gives_the_same_files(tmp_path: Path) -> N
     assert len(rows(out)) == sum(first.partitions.values()) == 17 + 11
 
 
+@pytest.mark.parametrize("layout", [PARQUET, DATABRICKS])
 def test_an_overlapping_later_window_neither_duplicates_nor_drops_records(
-    tmp_path: Path,
+    tmp_path: Path, layout: str
 ) -> None:
     path = write_log(tmp_path / "logs", [record(minutes) for minutes in range(0, 240, 5)])
     out = tmp_path / "out"
@@ -301,10 +302,11 @@ def test_an_overlapping_later_window_neither_duplicates_nor_drops_records(
     def since(minutes: int) -> int:
         return epoch_ms(T0 + timedelta(minutes=minutes))
 
-    export([path], out, layout=DATABRICKS, window=Window(None, since(100)))
-    export([path], out, layout=DATABRICKS, window=Window(since(60), since(180)))
-    export([path], out, layout=DATABRICKS, window=Window(since(170), None))
-    ids = [row["databricks_request_id"] for row in rows(out, "timestamp_ms")]
+    export([path], out, layout=layout, window=Window(None, since(100)))
+    export([path], out, layout=layout, window=Window(since(60), since(180)))
+    export([path], out, layout=layout, window=Window(since(170), None))
+    id_column = "request_id" if layout == PARQUET else "databricks_request_id"
+    ids = [row[id_column] for row in rows(out, id_column)]
     assert ids == [record(minutes)["request_id"] for minutes in range(0, 240, 5)]
 
 
@@ -433,6 +435,9 @@ def test_an_unwritable_out_exits_1_with_one_line_on_stderr(tmp_path: Path) -> No
 def test_an_out_of_the_other_layout_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
     write_log(tmp_path / "logs", [record(0)])
     assert command(tmp_path)[0] == 0
+    (tmp_path / "logs" / "inference-host-1-20261129T220000Z-a.jsonl").rename(
+        tmp_path / "logs" / "inference-host-2-20261129T220000Z-b.jsonl"
+    )
     before = {name: (tmp_path / "out" / name).read_bytes() for name in files(tmp_path / "out")}
     returned, _, err = command(tmp_path, "layout=databricks")
     assert returned == 1
