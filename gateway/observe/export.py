@@ -57,7 +57,7 @@ def export(
     # One layout per directory: a query over `**/*.parquet` must find one schema.
     earlier = next(out.glob("date=*/part-*.parquet"), None)
     if earlier is not None:
-        open_part(earlier, schema_of(layout))
+        open_part(earlier, schema_of(layout)).close()
     for path in paths:
         _export_file(path, out, layout, window, sampling_fraction, chunk_bytes, result)
     return result

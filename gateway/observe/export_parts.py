@@ -55,6 +55,7 @@ def open_part(path: Path, schema: pa.Schema) -> pq.ParquetFile:
     except (OSError, pa.ArrowException) as exc:
         raise ExportError(f"cannot read {path}: {exc}") from exc
     if not part.schema_arrow.equals(schema):
+        part.close()
         raise ExportError(
             f"{path} holds another layout than this export's; export into another directory"
         )
@@ -100,6 +101,11 @@ class PartFile:
             if kept.num_rows:
                 self._writer.write_table(kept)
 
+    def _close_old(self) -> None:
+        old, self._old = self._old, None
+        if old is not None:
+            old.close()
+
     def write(self, batch: pa.RecordBatch) -> None:
         """Add one row group of new rows."""
         assert self._writer is not None
@@ -113,6 +119,7 @@ class PartFile:
         until = self._window.until_ms
         if until is not None:
             self._keep_old(lambda times: pc.greater_equal(times, _scalar(until, times.type)))
+        self._close_old()
         assert self._writer is not None
         try:
             self._writer.close()
@@ -125,6 +132,7 @@ class PartFile:
 
     def abort(self) -> None:
         """Drop the temporary file of a rewrite that did not finish; nothing after `finish`."""
+        self._close_old()
         if self._writer is None:
             return
         try:
