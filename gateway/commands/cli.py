@@ -94,7 +94,12 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--since", help="ISO 8601 time, or a duration back from now: 90s, 30m, 1h, 2d"
     )
     export.add_argument("--until", help="the end of the window (excluded), as --since")
-    export.add_argument("--format", default="parquet", choices=["parquet", "databricks"])
+    export.add_argument(
+        "--format",
+        default="parquet",
+        choices=["parquet", "databricks"],
+        help="the log's own columns (default) or a Databricks inference table's",
+    )
     export.add_argument(
         "--sampling-fraction",
         type=float,
