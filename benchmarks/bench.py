@@ -16,20 +16,15 @@ import json
 import os
 import platform
 import re
-import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,12 +35,31 @@ import yaml
 from gateway import __version__ as gateway_version
 from gateway.commands.demo import FEATURES, MODEL_NAME, build_demo, synthetic_customers
 
+# Run as a script, this file's own directory is on the path, not the one that holds `benchmarks`.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.gatewaybench.errors import BenchmarkError
+from benchmarks.gatewaybench.plan import (
+    CONNECTIONS,
+    FEATURE_CONNECTIONS,
+    FEATURE_ROWS,
+    FEATURE_ROWS_BY_KEY,
+    FEATURE_WORKERS,
+    INFERENCE_LOG_DIR,
+    ROWS,
+    STICKY_HEADER,
+    USER_IDS,
+    Cell,
+    Features,
+    cells,
+    server_specs,
+)
+from benchmarks.gatewaybench.procfs import RssSampler, cpu_snapshot, cpu_usage, worker_pids
+from benchmarks.gatewaybench.servers import RunningServer, running_servers
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmark-results" / "latest.md"
 
-CONNECTIONS = (1, 16, 64)
-ROWS = (1, 32)
-FEATURE_CONNECTIONS, FEATURE_ROWS = 16, 1
 # Every cell is measured in rounds: all cells once, then all again. A machine whose speed drifts
 # (a neighbour, the hypervisor) then slows every server alike, and each figure is the median of
 # its rounds. 21 cells x 3 rounds x (warm-up + 4 s) + a minute of set-up: about 7 minutes.
@@ -65,72 +79,16 @@ EQUAL_WITHIN = 0.03
 # wrk's default (2 s) would count MLflow's slowest answers at 64 connections as timeouts and
 # leave them out of its percentiles.
 WRK_TIMEOUT = "10s"
-USER_IDS = 10_000
 SMOKE_REQUESTS = 20
-READY_DEADLINE_SECONDS = 240.0
-STOP_DEADLINE_SECONDS = 20.0
 HTTP_TIMEOUT_SECONDS = 30.0
-RSS_SAMPLE_SECONDS = 0.25
 # The memory target: a worker's RSS at the end of the run within this much of the same cell's
 # earlier on (allocator noise, not growth per request).
 RSS_GROWTH_LIMIT = 0.02
 # Another process using more than this share of one core during a cell is worth a warning.
 OTHER_CPU_WARNING_PERCENT = 10.0
-# Each gateway worker logs this once its models are loaded. With --workers N, /health answers
-# from whichever worker accepts the probe, so it can pass while another worker is still loading.
-GATEWAY_READY_LOG = "all models loaded; ready"
 PAYLOAD_SEED = 11
-# Under the run's temporary directory; only row (c)'s server writes there.
-INFERENCE_LOG_DIR = "inference-logs"
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FORCE_HEADER = "x-gateway-variant"
-STICKY_HEADER = "X-User-Id"
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot go on: a server did not start, crashed or answered differently."""
-
-
-class Features(StrEnum):
-    """What a server does besides predicting with the champion."""
-
-    NONE = "-"
-    SINGLE = "single"
-    SPLIT = "split 90/10 + sticky"
-    OBSERVED = "split + sticky + log + metrics"
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """One server to start: MLflow's scoring server, or the gateway with a config."""
-
-    key: str
-    label: str
-    workers: int
-    features: Features
-    gateway_config: dict[str, Any] | None = None
-
-    @property
-    def name(self) -> str:
-        flag = "-w" if self.gateway_config is None else "--workers"
-        return f"{self.label} {flag} {self.workers}"
-
-    @property
-    def split(self) -> bool:
-        return self.features in (Features.SPLIT, Features.OBSERVED)
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One measurement: a server under C connections sending R-row payloads."""
-
-    server: ServerSpec
-    connections: int
-    rows: int
-    # The table's `features` column: the server's features, lettered on the feature rows.
-    label: str
-    sticky_ids: bool = False
 
 
 @dataclass
@@ -179,385 +137,6 @@ class Target:
     goal: str
     met: bool
     detail: str
-
-
-# --- servers -------------------------------------------------------------------------------
-
-
-def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
-    """The yardstick and the four gateway configurations."""
-
-    def config(features: Features) -> dict[str, Any]:
-        # Adaptive batching is how the gateway is meant to run under concurrent load.
-        endpoint: dict[str, Any] = {
-            "name": MODEL_NAME,
-            "model": MODEL_NAME,
-            "batching": {"max_batch_size": 64, "max_wait_ms": 2},
-        }
-        if features is Features.SINGLE:
-            endpoint["variants"] = [{"alias": "champion", "weight": 1}]
-        else:
-            endpoint["variants"] = [
-                {"alias": "champion", "weight": 90},
-                {"alias": "challenger", "weight": 10},
-            ]
-            endpoint["sticky"] = {"header": STICKY_HEADER}
-        observed = features is Features.OBSERVED
-        return {
-            "tracking_uri": tracking_uri,
-            "endpoints": [endpoint],
-            "inference_log": {"dir": str(directory / INFERENCE_LOG_DIR), "enabled": observed},
-            "metrics": {"enabled": observed},
-        }
-
-    return [
-        ServerSpec("mlflow", "mlflow serve", 1, Features.NONE),
-        ServerSpec("gateway-1", "gateway", 1, Features.SINGLE, config(Features.SINGLE)),
-        ServerSpec("gateway-2", "gateway", 2, Features.SINGLE, config(Features.SINGLE)),
-        ServerSpec(
-            "gateway-split", "gateway", FEATURE_WORKERS, Features.SPLIT, config(Features.SPLIT)
-        ),
-        ServerSpec(
-            "gateway-observed",
-            "gateway",
-            FEATURE_WORKERS,
-            Features.OBSERVED,
-            config(Features.OBSERVED),
-        ),
-    ]
-
-
-# The feature rows: gateway --workers 2 at 16 connections, 1 row, by server key.
-FEATURE_WORKERS = 2
-FEATURE_ROWS_BY_KEY = {
-    "gateway-2": f"(a) {Features.SINGLE}",
-    "gateway-split": f"(b) {Features.SPLIT}",
-    "gateway-observed": f"(c) {Features.OBSERVED}",
-}
-MATRIX_KEYS = ("mlflow", "gateway-1", "gateway-2")
-
-
-def cells(specs: Sequence[ServerSpec]) -> list[Cell]:
-    """The matrix (interleaved, so that drift hits every server alike), then the feature rows."""
-    by_key = {spec.key: spec for spec in specs}
-    measured = [
-        Cell(by_key[key], connections, rows, by_key[key].features)
-        for rows in ROWS
-        for connections in CONNECTIONS
-        for key in MATRIX_KEYS
-    ]
-    # All three send the same X-User-Id headers, so only the gateway's work differs between them.
-    measured += [
-        Cell(by_key[key], FEATURE_CONNECTIONS, FEATURE_ROWS, label, sticky_ids=True)
-        for key, label in FEATURE_ROWS_BY_KEY.items()
-    ]
-    return measured
-
-
-class RunningServer:
-    """A server process (and its workers) in its own process group, logging to a file."""
-
-    def __init__(self, spec: ServerSpec, directory: Path, tracking_uri: str) -> None:
-        self.spec = spec
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = directory / f"{spec.key}.log"
-        env = _child_environment()
-        if spec.gateway_config is None:
-            env["MLFLOW_TRACKING_URI"] = tracking_uri
-            command = [
-                *(sys.executable, "-m", "mlflow", "models", "serve"),
-                *("-m", f"models:/{MODEL_NAME}@champion", "--env-manager", "local"),
-                *("-w", str(spec.workers), "-h", "127.0.0.1", "-p", str(self.port)),
-            ]
-        else:
-            config_path = directory / f"{spec.key}.yaml"
-            config_path.write_text(yaml.safe_dump(spec.gateway_config), encoding="utf-8")
-            command = [
-                *(sys.executable, "-m", "gateway", "serve", "--config", str(config_path)),
-                *("--host", "127.0.0.1", "--port", str(self.port)),
-                # INFO: readiness is read from each worker's "ready" line (see GATEWAY_READY_LOG).
-                *("--workers", str(spec.workers), "--log-level", "INFO"),
-            ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def ready(self, client: httpx.Client) -> bool:
-        """/health answers 200 and, for the gateway, every worker has logged that it is ready."""
-        with contextlib.suppress(httpx.TransportError):
-            if client.get(f"{self.url}/health").status_code != 200:
-                return False
-            if self.spec.gateway_config is None:
-                return True
-            log = self.log_path.read_text(encoding="utf-8", errors="replace")
-            return log.count(GATEWAY_READY_LOG) >= self.spec.workers
-        return False
-
-    def check_alive(self) -> None:
-        """Raise BenchmarkError, with the end of its log, if the server has exited."""
-        if self.process.poll() is not None:
-            raise BenchmarkError(
-                f"{self.spec.name} exited with status {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def log_tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "  (no log)"
-        return "\n".join(f"  | {line}" for line in text.splitlines()[-lines:])
-
-    def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
-
-    def stopped(self) -> bool:
-        """True once the server and every process of its group have exited."""
-        self.process.poll()
-        return not _group_members(self.pid)
-
-
-def _child_environment() -> dict[str, str]:
-    """The servers' environment: no GATEWAY_* overrides, this interpreter's scripts on PATH."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GATEWAY_")}
-    # The demo's models were trained by build_demo, in this run.
-    env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
-    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    env["DO_NOT_TRACK"] = "true"
-    # `mlflow models serve` starts `uvicorn` from PATH.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_servers(
-    specs: Sequence[ServerSpec], directory: Path, tracking_uri: str
-) -> Iterator[list[RunningServer]]:
-    """Start every server and wait until all are ready; stop them all on the way out, always."""
-    servers: list[RunningServer] = []
-    try:
-        for spec in specs:
-            servers.append(RunningServer(spec, directory, tracking_uri))
-        _wait_ready(servers)
-        yield servers
-    finally:
-        _stop(servers)
-
-
-def _wait_ready(servers: Sequence[RunningServer]) -> None:
-    started = time.monotonic()
-    deadline = started + READY_DEADLINE_SECONDS
-    waiting = list(servers)
-    print("waiting for " + ", ".join(f"{s.spec.name} ({s.spec.features})" for s in servers))
-    with httpx.Client(timeout=5.0, trust_env=False) as client:
-        while waiting:
-            for server in list(waiting):
-                server.check_alive()
-                if server.ready(client):
-                    waiting.remove(server)
-            if waiting and time.monotonic() > deadline:
-                names = ", ".join(server.spec.name for server in waiting)
-                tails = "\n".join(f"{s.spec.name}:\n{s.log_tail()}" for s in waiting)
-                raise BenchmarkError(
-                    f"not ready after {READY_DEADLINE_SECONDS:.0f} s: {names}\n{tails}"
-                )
-            time.sleep(0.2)
-    print(f"all servers ready in {time.monotonic() - started:.1f} s")
-
-
-def _stop(servers: Sequence[RunningServer]) -> None:
-    """SIGTERM every process group, wait for them with one deadline, then SIGKILL what is left."""
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in _STOP_SIGNALS}
-    try:
-        for server in servers:
-            server.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_DEADLINE_SECONDS
-        while time.monotonic() < deadline and not all(server.stopped() for server in servers):
-            time.sleep(0.1)
-        for server in servers:
-            if not server.stopped():
-                print(f"{server.spec.name} did not stop in time; killing it", file=sys.stderr)
-                server.signal_group(signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    server.process.wait(STOP_DEADLINE_SECONDS)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-# --- /proc sampling ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProcStat:
-    pid: int
-    state: str
-    ppid: int
-    pgid: int
-    cpu_ticks: int
-
-
-def _proc_stat(pid: int) -> ProcStat | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name, in parentheses, may itself hold spaces and parentheses.
-    fields = text[text.rindex(")") + 2 :].split()
-    return ProcStat(
-        pid, fields[0], int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
-    )
-
-
-def _all_processes() -> list[ProcStat]:
-    stats = (
-        _proc_stat(int(entry.name)) for entry in Path("/proc").iterdir() if entry.name.isdigit()
-    )
-    return [stat for stat in stats if stat is not None and stat.state != "Z"]
-
-
-def _group_members(pgid: int) -> list[int]:
-    return [stat.pid for stat in _all_processes() if stat.pgid == pgid]
-
-
-def process_tree(root: int) -> list[ProcStat]:
-    """`root` and all its descendants, alive now."""
-    processes = _all_processes()
-    children: dict[int, list[ProcStat]] = {}
-    for stat in processes:
-        children.setdefault(stat.ppid, []).append(stat)
-    tree = [stat for stat in processes if stat.pid == root]
-    for stat in tree:
-        tree.extend(children.get(stat.pid, []))
-    return tree
-
-
-@dataclass(frozen=True)
-class CpuSnapshot:
-    """CPU time used so far, in ticks: by each process of a server, by the whole machine."""
-
-    at: float
-    by_process: dict[int, int]
-    children_seconds: float
-    machine_busy: int
-    machine_steal: int
-
-
-@dataclass(frozen=True)
-class CpuUsage:
-    """CPU used between two snapshots: by the server, by wrk, by everything else."""
-
-    server_seconds_by_process: dict[int, float]
-    client_seconds: float
-    other_percent: float
-    steal_percent: float
-
-    @property
-    def server_seconds(self) -> float:
-        return sum(self.server_seconds_by_process.values())
-
-
-def cpu_snapshot(root: int) -> CpuSnapshot:
-    """User + system ticks of `root` and its descendants, of reaped children (wrk), of all CPUs."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        # user nice system idle iowait irq softirq steal (guest time is already counted in user).
-        ticks = [int(value) for value in stat.readline().split()[1:9]]
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return CpuSnapshot(
-        at=time.monotonic(),
-        by_process={stat.pid: stat.cpu_ticks for stat in process_tree(root)},
-        children_seconds=children.ru_utime + children.ru_stime,
-        machine_busy=sum(ticks) - ticks[3] - ticks[4] - ticks[7],
-        machine_steal=ticks[7],
-    )
-
-
-def cpu_usage(before: CpuSnapshot, after: CpuSnapshot) -> CpuUsage:
-    elapsed = after.at - before.at
-    server = {
-        pid: (ticks - before.by_process.get(pid, 0)) / CLOCK_TICKS
-        for pid, ticks in after.by_process.items()
-    }
-    client = after.children_seconds - before.children_seconds
-    busy = (after.machine_busy - before.machine_busy) / CLOCK_TICKS
-    # What neither the server nor wrk used: other processes on the machine (and this script).
-    other = max(0.0, busy - sum(server.values()) - client)
-    steal = (after.machine_steal - before.machine_steal) / CLOCK_TICKS
-    return CpuUsage(server, client, other / elapsed * 100, steal / elapsed * 100)
-
-
-def worker_pids(root: int) -> list[int]:
-    """The processes that serve: the tree's leaves, less multiprocessing's resource tracker."""
-    tree = process_tree(root)
-    parents = {stat.ppid for stat in tree}
-    return [
-        stat.pid
-        for stat in tree
-        if stat.pid not in parents and b"multiprocessing.resource_tracker" not in _cmdline(stat.pid)
-    ]
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _rss_mib(pid: int) -> float | None:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else None
-
-
-class RssSampler:
-    """Samples each worker's resident set size in a thread; keeps the maximum per worker."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self.peaks: dict[int, float] = {}
-        self._pids = list(pids)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> "RssSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            for pid in self._pids:
-                rss = _rss_mib(pid)
-                if rss is not None:
-                    self.peaks[pid] = max(rss, self.peaks.get(pid, 0.0))
-            if self._stop.wait(RSS_SAMPLE_SECONDS):
-                return
 
 
 # --- payloads and answers ------------------------------------------------------------------
