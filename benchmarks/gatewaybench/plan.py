@@ -35,6 +35,8 @@ class ServerSpec:
     workers: int
     features: Features
     gateway_config: dict[str, Any] | None = None
+    # A checkout whose `gateway` package this server runs instead of the installed one.
+    source: Path | None = None
 
     @property
     def name(self) -> str:
@@ -74,27 +76,7 @@ def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
     """The yardstick and the four gateway configurations."""
 
     def config(features: Features) -> dict[str, Any]:
-        # Adaptive batching is how the gateway is meant to run under concurrent load.
-        endpoint: dict[str, Any] = {
-            "name": MODEL_NAME,
-            "model": MODEL_NAME,
-            "batching": {"max_batch_size": 64, "max_wait_ms": 2},
-        }
-        if features is Features.SINGLE:
-            endpoint["variants"] = [{"alias": "champion", "weight": 1}]
-        else:
-            endpoint["variants"] = [
-                {"alias": "champion", "weight": 90},
-                {"alias": "challenger", "weight": 10},
-            ]
-            endpoint["sticky"] = {"header": STICKY_HEADER}
-        observed = features is Features.OBSERVED
-        return {
-            "tracking_uri": tracking_uri,
-            "endpoints": [endpoint],
-            "inference_log": {"dir": str(directory / INFERENCE_LOG_DIR), "enabled": observed},
-            "metrics": {"enabled": observed},
-        }
+        return gateway_config(tracking_uri, directory, features)
 
     return [
         ServerSpec("mlflow", "mlflow serve", 1, Features.NONE),
@@ -111,6 +93,31 @@ def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
             config(Features.OBSERVED),
         ),
     ]
+
+
+def gateway_config(tracking_uri: str, directory: Path, features: Features) -> dict[str, Any]:
+    """The gateway's config for a feature set, with adaptive batching."""
+    # Adaptive batching is how the gateway is meant to run under concurrent load.
+    endpoint: dict[str, Any] = {
+        "name": MODEL_NAME,
+        "model": MODEL_NAME,
+        "batching": {"max_batch_size": 64, "max_wait_ms": 2},
+    }
+    if features is Features.SINGLE:
+        endpoint["variants"] = [{"alias": "champion", "weight": 1}]
+    else:
+        endpoint["variants"] = [
+            {"alias": "champion", "weight": 90},
+            {"alias": "challenger", "weight": 10},
+        ]
+        endpoint["sticky"] = {"header": STICKY_HEADER}
+    observed = features is Features.OBSERVED
+    return {
+        "tracking_uri": tracking_uri,
+        "endpoints": [endpoint],
+        "inference_log": {"dir": str(directory / INFERENCE_LOG_DIR), "enabled": observed},
+        "metrics": {"enabled": observed},
+    }
 
 
 def cells(specs: Sequence[ServerSpec]) -> list[Cell]:

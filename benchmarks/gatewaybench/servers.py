@@ -34,6 +34,8 @@ class RunningServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = directory / f"{spec.key}.log"
         env = _child_environment()
+        if spec.source is not None:
+            env["PYTHONPATH"] = str(spec.source)
         if spec.gateway_config is None:
             env["MLFLOW_TRACKING_URI"] = tracking_uri
             command = [
