@@ -1,5 +1,7 @@
 """The scoring protocol's parsing and encoding, with an in-memory model signature."""
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -87,7 +89,7 @@ def test_bad_json_is_a_400_that_does_not_quote_the_body(body: bytes, message: st
 
 def test_json_formats_give_the_same_frame() -> None:
     rows = [[30, 1000.5, "pro"], [40, 2000.0, "basic"]]
-    documents = [
+    documents: list[dict[str, Any]] = [
         {"dataframe_split": {"columns": ["age", "income", "plan"], "data": rows}},
         {
             "dataframe_records": [

@@ -97,7 +97,7 @@ def test_additional_samples_count_down_to_zero() -> None:
 )
 def test_invalid_plans_raise(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        samples_per_variant(**kwargs)  # type: ignore[arg-type]
+        samples_per_variant(**kwargs)
 
 
 @pytest.mark.parametrize(("mde", "variance", "ratio", "alpha", "power"), CASES)
