@@ -147,3 +147,21 @@ class MemoryLogWriter:
     def records(self) -> list[dict[str, Any]]:
         """Every record, built."""
         return [build() for build in self.submitted]
+
+
+class FakePool:
+    """The models and live weights a service reads, as fixed dictionaries."""
+
+    def __init__(
+        self, models: dict[tuple[str, str], LoadedModel], weights: dict[str, dict[str, int]]
+    ) -> None:
+        self.models = models
+        self.live_weights = weights
+
+    def get(self, endpoint: str, variant: str) -> LoadedModel | None:
+        """The model of (endpoint, variant), or None: still loading."""
+        return self.models.get((endpoint, variant))
+
+    def weights(self, endpoint: str) -> dict[str, int]:
+        """An endpoint's live weights."""
+        return self.live_weights[endpoint]
