@@ -44,6 +44,10 @@ CONFIG = parse_config(
         model: batched
         variants: [{{alias: champion}}]
         batching: {{max_batch_size: 8, max_wait_ms: 0}}
+      - name: rows
+        model: rows
+        variants: [{{alias: champion, weight: 50}}, {{alias: challenger, weight: 50}}]
+        sticky: {{field: plan}}
     """,
     {},
 )
@@ -300,3 +304,26 @@ def test_sticky_routing_sends_a_share_of_keys_to_each_variant_near_its_weight(
     endpoint = service.endpoint("churn")
     variants = [service.decide(endpoint, {"x-user-id": f"user-{n}"}).variant for n in range(2_000)]
     assert 0.05 < variants.count("challenger") / len(variants) < 0.15
+
+
+def test_rows_split_between_variants_leave_one_record_each_with_its_own_rows(
+    executor: ThreadPoolExecutor,
+) -> None:
+    weights = {"champion": 50, "challenger": 50}
+    keys = [f"user-{n}" for n in range(8)]
+    rows = [[age, key] for age, key in enumerate(keys, start=1)]
+    data = json.dumps({"dataframe_split": {"columns": ["age", "plan"], "data": rows}}).encode()
+    routed = {key: choose_sticky("rows", key, weights) for key in keys}
+    assert set(routed.values()) == set(weights)  # these keys reach both variants
+    service, writer = make_service(executor)
+    outcome = asyncio.run(service.invoke(invocation("rows", data)))
+    assert outcome.status_code == 200
+    assert outcome.body == answer(*range(1, len(keys) + 1))
+    assert sorted(part.variant for part in outcome.parts) == sorted(weights)
+    records = writer.records()
+    assert sorted(record["variant"] for record in records) == sorted(weights)
+    for record in records:
+        ages = [age for age, key in rows if routed[str(key)] == record["variant"]]
+        assert record["routing"] == "sticky"
+        assert record["split"] == weights
+        assert json.loads(record["response"]) == {"predictions": [age * 10 for age in ages]}
