@@ -188,12 +188,10 @@ def test_a_failing_challenger_is_rolled_back_by_the_guard(
     # Every third customer's tenure is divisible by 3: the challenger fails a third of its requests.
     with Load(url, "/invocations", clients=2, rows=lambda n: [n, 50.0, 1, "basic"]):
         status, printed = _rollout(config, url, "run")
-        rolled_back = time.monotonic()
         wait_until(
             lambda: _weights_seen(url, 5) == {"champion": 100, "challenger": 0},
             "all traffic back on the champion",
         )
-        assert time.monotonic() - rolled_back <= 2 * REFRESH + 1.0
     assert status == rollout_command.EXIT_FAILED
     assert "rollback: guard at step" in printed
     assert "error rate" in printed
