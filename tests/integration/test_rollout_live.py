@@ -103,14 +103,14 @@ def test_moving_the_champion_alias_under_load_fails_no_request_and_every_header_
             for version in [*order[1:], order[0], order[2], order[1]]:
                 registry.set_alias("swap", "champion", version)
                 mark = len(load.answers)
+
                 # Swapped on both workers once 40 answers in a row come from the new version.
-                wait_until(
-                    lambda version=version, mark=mark: (
-                        len(load.answers) > mark + 40
-                        and all(answer[1] == version for answer in load.answers[-40:])
-                    ),
-                    f"version {version} on both workers",
-                )
+                def swapped(version: str = version, mark: int = mark) -> bool:
+                    return len(load.answers) > mark + 40 and all(
+                        answer[1] == version for answer in load.answers[-40:]
+                    )
+
+                wait_until(swapped, f"version {version} on both workers")
             started = time.monotonic()
             registry.set_tag("swap", WEIGHTS_TAG, '{"champion": 60, "challenger": 40}')
             wait_until(
@@ -125,8 +125,9 @@ def test_moving_the_champion_alias_under_load_fails_no_request_and_every_header_
     assert len(load.answers) > 200
     failed = [answer for answer in load.answers if answer[0] != 200]
     assert failed == []
-    for _, version, body in load.answers:
-        assert json.loads(body)["predictions"] == [swap_versions[version]]
+    for _, answered, body in load.answers:
+        assert answered is not None
+        assert json.loads(body)["predictions"] == [swap_versions[answered]]
     print(
         f"\n{len(load.answers)} requests during 6 alias moves, 0 failed; weights reached both workers in {reached:.2f}s"
     )

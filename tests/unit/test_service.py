@@ -311,7 +311,7 @@ def test_rows_split_between_variants_leave_one_record_each_with_its_own_rows(
 ) -> None:
     weights = {"champion": 50, "challenger": 50}
     keys = [f"user-{n}" for n in range(8)]
-    rows = [[age, key] for age, key in enumerate(keys, start=1)]
+    rows: list[tuple[int, str]] = [(age, key) for age, key in enumerate(keys, start=1)]
     data = json.dumps({"dataframe_split": {"columns": ["age", "plan"], "data": rows}}).encode()
     routed = {key: choose_sticky("rows", key, weights) for key in keys}
     assert set(routed.values()) == set(weights)  # these keys reach both variants
