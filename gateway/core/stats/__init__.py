@@ -1,0 +1,1 @@
+"""Pure statistics for comparing variants: split health, comparisons, sequential tests, verdicts."""
