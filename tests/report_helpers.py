@@ -50,7 +50,9 @@ def record(request_id: str, **overrides: Any) -> dict[str, Any]:
     return build_record(**arguments)
 
 
-def write_log(path: Path, records: Iterable[dict[str, Any]], extra_lines: Iterable[str] = ()) -> Path:
+def write_log(
+    path: Path, records: Iterable[dict[str, Any]], extra_lines: Iterable[str] = ()
+) -> Path:
     """Records as JSON Lines (plus any raw lines), as the gateway's writer writes them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as file:

@@ -89,6 +89,11 @@ def load_outcomes(
 ) -> int:
     """Read outcome files into the table `outcomes(key, outcome, covariate, ts)`; its row count."""
     key_column = KEY_COLUMNS[key]
+    if key == "user" and not secret:
+        raise ReportInputError(
+            "--key user needs the log's user_key_secret: --user-key-secret or "
+            "GATEWAY_INFERENCE_LOG__USER_KEY_SECRET"
+        )
     selects = []
     for path in paths:
         reader = _READERS.get(path.suffix.lower())
@@ -114,12 +119,7 @@ def load_outcomes(
             raise ReportInputError(
                 f"{option}: the outcomes have no column {wanted!r} (columns: {', '.join(columns)})"
             )
-    if key == "user":
-        if not secret:
-            raise ReportInputError(
-                "--key user needs the log's user_key_secret: --user-key-secret or "
-                "GATEWAY_INFERENCE_LOG__USER_KEY_SECRET"
-            )
+    if key == "user" and secret:
         secret_bytes = secret.encode()
         con.create_function(
             "gateway_user_key_hash",

@@ -20,7 +20,9 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
     connection.close()
 
 
-def load(con: duckdb.DuckDBPyConnection, directory: Path, **options: object) -> report_data.LoadInfo:
+def load(
+    con: duckdb.DuckDBPyConnection, directory: Path, **options: object
+) -> report_data.LoadInfo:
     arguments: dict[str, object] = {"endpoint": None, "since": None, "until": None, **options}
     return report_data.load_records(con, directory, **arguments)  # type: ignore[arg-type]
 
