@@ -8,6 +8,7 @@ the verdict of gateway.core.stats.decision. The text and HTML renderings read on
 
 import logging
 import math
+import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,11 +54,12 @@ class ReportOptions:
 
 def build_report(options: ReportOptions) -> Report:
     """Read the logs (and outcomes), compute every figure, and return the report document."""
-    con = report_data.connect(options.memory_limit)
-    try:
-        return _build(con, options)
-    finally:
-        con.close()
+    with tempfile.TemporaryDirectory(prefix="gateway-report-") as spill:
+        con = report_data.connect(options.memory_limit, Path(spill))
+        try:
+            return _build(con, options)
+        finally:
+            con.close()
 
 
 def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:

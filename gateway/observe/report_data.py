@@ -29,6 +29,7 @@ LIVE_ROUTINGS: Final = ("sticky", "random", "fallback")
 LIVE_SQL: Final = "routing IN ('sticky', 'random', 'fallback')"
 QUANTILES: Final = (0.05, 0.25, 0.5, 0.75, 0.95)
 _MAX_CLASSES: Final = 20
+_MALFORMED: Final = "(request_id IS NULL OR ts IS NULL OR status_code IS NULL OR endpoint IS NULL)"
 _COLUMNS: Final = (
     "{schema_version: 'INTEGER', request_id: 'VARCHAR', client_request_id: 'VARCHAR', "
     "timestamp: 'TIMESTAMP', endpoint: 'VARCHAR', model: 'VARCHAR', variant: 'VARCHAR', "
@@ -122,11 +123,14 @@ class ShadowAgreement:
     rows_differing: int
 
 
-def connect(memory_limit: str = "2GB") -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB that spills to a temporary directory beyond `memory_limit`."""
+def connect(memory_limit: str = "2GB", spill: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that spills to `spill` (a directory) beyond `memory_limit`."""
     con = duckdb.connect(":memory:")
     con.execute(f"SET memory_limit = '{_setting(memory_limit)}'")
+    if spill is not None:
+        con.execute("SET temp_directory = $path", {"path": str(spill)})
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")
     return con
 
 
@@ -154,56 +158,52 @@ def load_records(
     files = sorted(directory.glob("*.jsonl"))
     if not files:
         raise ReportInputError(f"--logs: no *.jsonl files in {directory}")
+    # One table, filtered in place: a second copy of every record would double the peak memory.
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE raw_records AS
-        SELECT request_id, client_request_id, "timestamp" AS ts, endpoint, model, variant,
-               model_version,
-               routing, split::VARCHAR AS split, user_key_hash, status_code, duration_ms,
-               request, request_encoding,
-               json_extract(try_cast(response AS JSON), '$.predictions') AS predictions
-        FROM read_json({_files_sql(files)}, format = 'newline_delimited',
-                       ignore_errors = true, columns = {_COLUMNS})"""
+        f"""CREATE OR REPLACE TEMP TABLE records AS
+        SELECT *, {_MALFORMED} AS malformed,
+               try_cast(json_extract(predictions, '$[0]') AS DOUBLE) AS prediction
+        FROM (SELECT request_id, client_request_id, "timestamp" AS ts, endpoint, model, variant,
+                     model_version, routing, split::VARCHAR AS split, user_key_hash,
+                     status_code, duration_ms, request, request_encoding,
+                     json_extract(try_cast(response AS JSON), '$.predictions') AS predictions
+              FROM read_json({_files_sql(files)}, format = 'newline_delimited',
+                             ignore_errors = true, columns = {_COLUMNS}))
+        WHERE {_MALFORMED} OR (($since IS NULL OR ts >= $since) AND ($until IS NULL OR ts < $until))""",
+        {"since": _naive(since), "until": _naive(until)},
     )
-    malformed = _scalar(
-        con,
-        "SELECT count(*) FROM raw_records WHERE request_id IS NULL OR ts IS NULL "
-        "OR status_code IS NULL OR endpoint IS NULL",
-    )
+    malformed = _scalar(con, "SELECT count(*) FROM records WHERE malformed")
     endpoints = [
         row[0]
         for row in con.execute(
-            "SELECT endpoint FROM raw_records WHERE endpoint IS NOT NULL "
+            "SELECT endpoint FROM records WHERE NOT malformed "
             "GROUP BY endpoint ORDER BY count(*) DESC, endpoint"
         ).fetchall()
     ]
-    chosen = _choose_endpoint(endpoint, endpoints)
+    chosen = _choose_endpoint(endpoint, endpoints, windowed=since is not None or until is not None)
     con.execute(
-        """CREATE OR REPLACE TEMP TABLE records AS
-        SELECT *, try_cast(json_extract(predictions, '$[0]') AS DOUBLE) AS prediction
-        FROM raw_records
-        WHERE request_id IS NOT NULL AND ts IS NOT NULL AND status_code IS NOT NULL
-          AND endpoint = $endpoint
-          AND ($since IS NULL OR ts >= $since) AND ($until IS NULL OR ts < $until)""",
-        {"endpoint": chosen, "since": _naive(since), "until": _naive(until)},
+        "DELETE FROM records WHERE malformed OR endpoint <> $endpoint", {"endpoint": chosen}
     )
-    con.execute("DROP TABLE raw_records")
     count, model, first, last = con.execute(
         "SELECT count(*), mode(model), min(ts), max(ts) FROM records"
     ).fetchone() or (0, None, None, None)
-    if not count:
-        raise ReportInputError(f"no records of endpoint {chosen!r} in the time window", usage=False)
     logger.debug("read %d records of %s from %d files", count, chosen, len(files))
     return LoadInfo(len(files), malformed, chosen, model, int(count), first, last)
 
 
-def _choose_endpoint(wanted: str | None, endpoints: list[str]) -> str:
+def _choose_endpoint(wanted: str | None, endpoints: list[str], *, windowed: bool) -> str:
+    """The endpoint to report on: the one asked for, else the only one of the window."""
+    if not endpoints:
+        where = "in the time window" if windowed else "in the logs"
+        raise ReportInputError(f"no records {where}", usage=False)
     if wanted is not None:
         if wanted not in endpoints:
-            found = ", ".join(endpoints) or "none"
-            raise ReportInputError(f"--endpoint: no records of {wanted!r} (endpoints: {found})")
+            where = "in the time window" if windowed else "in the logs"
+            raise ReportInputError(
+                f"--endpoint: no records of {wanted!r} {where} (endpoints: {', '.join(endpoints)})",
+                usage=not windowed,
+            )
         return wanted
-    if not endpoints:
-        raise ReportInputError("no readable records in the logs", usage=False)
     if len(endpoints) > 1:
         raise ReportInputError(
             f"the logs hold several endpoints ({', '.join(endpoints)}): choose one with --endpoint"

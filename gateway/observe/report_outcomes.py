@@ -184,20 +184,20 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     ).fetchone() or (0, 0, 0)
     total, unmatched, shared = (int(value) for value in counts)
     unit: Literal["request", "user"] = "user" if key == "user" or shared else "request"
-    arrays = con.execute(
-        """SELECT variant, hash(uid) AS unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
-                  outcome, coalesce(covariate, 'NaN'::DOUBLE) AS covariate
-        FROM joined ORDER BY variant, unit"""
-    ).fetchnumpy()
-    variants = np.asarray(arrays["variant"], dtype=object)
     rows = {}
-    for name in dict.fromkeys(variants.tolist()):
-        mask = variants == name
+    variants = con.execute("SELECT DISTINCT variant FROM joined ORDER BY variant").fetchall()
+    for (name,) in variants:
+        arrays = con.execute(
+            """SELECT hash(uid) AS unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
+                      outcome, coalesce(covariate, 'NaN'::DOUBLE) AS covariate
+            FROM joined WHERE variant = $variant""",
+            {"variant": name},
+        ).fetchnumpy()
         rows[str(name)] = VariantRows(
-            np.asarray(arrays["unit"][mask], dtype=np.uint64),
-            np.asarray(arrays["prediction"][mask], dtype=np.float64),
-            np.asarray(arrays["outcome"][mask], dtype=np.float64),
-            np.asarray(arrays["covariate"][mask], dtype=np.float64),
+            np.asarray(arrays["unit"], dtype=np.uint64),
+            np.asarray(arrays["prediction"], dtype=np.float64),
+            np.asarray(arrays["outcome"], dtype=np.float64),
+            np.asarray(arrays["covariate"], dtype=np.float64),
         )
     logger.debug("joined %d outcome rows; unit %s", sum(len(r.units) for r in rows.values()), unit)
     return Joined(unit, rows, total, unmatched)

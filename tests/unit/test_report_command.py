@@ -212,7 +212,7 @@ def test_the_html_report_is_one_file_with_inline_svg_and_nothing_from_the_networ
     [
         (["--logs", "{tmp}/missing"], 2, "error: --logs: no such directory"),
         (["--logs", "{tmp}/logs", "--since", "yesterday"], 2, "error: --since: expected"),
-        (["--logs", "{tmp}/logs", "--since", "2030-01-01"], 1, "error: no records of endpoint"),
+        (["--logs", "{tmp}/logs", "--since", "2030-01-01"], 1, "error: no records in the time window"),
         (["--logs", "{tmp}/logs", "--outcomes", "{tmp}/nope.csv"], 2, "error: --outcomes: no such"),
         (["--logs", "{tmp}/logs", "--outcomes", "{tmp}/o.csv", "--outcome-column", "x"], 2, "error: --outcome-column"),
         (["--logs", "{tmp}/logs", "--outcomes", "{tmp}/o.csv", "--key", "user"], 2, "error: --key user needs"),
