@@ -312,19 +312,19 @@ def assignment(con: duckdb.DuckDBPyConnection) -> Assignment:
     else:
         source = f"SELECT variant, split FROM records WHERE {LIVE_SQL} AND variant IS NOT NULL"
         unit = "requests"
-    observed = {
-        variant: int(count)
-        for variant, count in con.execute(
-            f"SELECT variant, count(*) FROM ({source}) GROUP BY variant ORDER BY variant"
-        ).fetchall()
-    }
-    splits = [
-        (int(count), {str(k): int(v) for k, v in json.loads(split).items()})
-        for split, count in con.execute(
-            f"SELECT split, count(*) FROM ({source}) WHERE split IS NOT NULL GROUP BY split"
-        ).fetchall()
+    observed: dict[str, int] = {}
+    splits: dict[str, int] = {}
+    for variant, split, count in con.execute(
+        f"SELECT variant, split, count(*) FROM ({source}) GROUP BY ALL ORDER BY variant"
+    ).fetchall():
+        observed[variant] = observed.get(variant, 0) + int(count)
+        if split is not None:
+            splits[split] = splits.get(split, 0) + int(count)
+    weighted = [
+        (count, {str(k): int(v) for k, v in json.loads(split).items()})
+        for split, count in splits.items()
     ]
-    return Assignment(unit, observed, splits)
+    return Assignment(unit, observed, weighted)
 
 
 def hourly(con: duckdb.DuckDBPyConnection) -> list[HourRow]:
@@ -343,6 +343,8 @@ def hourly(con: duckdb.DuckDBPyConnection) -> list[HourRow]:
 
 def shadow_agreement(con: duckdb.DuckDBPyConnection) -> list[ShadowAgreement]:
     """Per shadow variant and version: prediction rows compared with the live record, and differing."""
+    if not _scalar(con, "SELECT count(*) FROM records WHERE routing = 'shadow'"):
+        return []
     return [
         ShadowAgreement(variant, version, int(records), int(compared or 0), int(differing or 0))
         for variant, version, records, compared, differing in con.execute(

@@ -28,6 +28,8 @@ SAMPLE_CAP: Final = 100_000
 SEED: Final = 20_240_501
 _MAX_CLASSES: Final = 20
 _BASELINE: Final = "__baseline__"
+# Each sampled body is parsed once, into the parts that hold its cells.
+_PARTS: Final = "['$.dataframe_split.columns', '$.dataframe_split.data', '$.dataframe_records']"
 
 
 @dataclass(frozen=True)
@@ -49,24 +51,25 @@ def sample_features(
 ) -> None:
     """Fill the table `feature_cells` with the input cells of a reservoir sample per variant."""
     samples = " UNION ALL ".join(
-        f"""SELECT * FROM (SELECT variant AS side, try_cast(request AS JSON) AS body FROM records
-            WHERE {LIVE_SQL} AND variant = {_quoted(name)} AND request_encoding = 'utf-8'
-              AND json_valid(request))
+        f"""SELECT side, json_extract(try_cast(request AS JSON), {_PARTS}) AS parts FROM (
+                SELECT variant AS side, request FROM records
+                WHERE {LIVE_SQL} AND variant = {_quoted(name)} AND request_encoding = 'utf-8'
+                  AND starts_with(request, '{{'))
             USING SAMPLE reservoir({int(cap)} ROWS) REPEATABLE ({SEED})"""
         for name in variants
     )
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE feature_cells AS
-        WITH sample AS ({samples}),
+        WITH sample AS MATERIALIZED ({samples}),
         split_rows AS (
-            SELECT side, json_extract_string(body, '$.dataframe_split.columns[*]') AS cols,
-                   unnest(json_extract(body, '$.dataframe_split.data[*]')) AS row_
-            FROM sample WHERE json_exists(body, '$.dataframe_split')),
+            SELECT side, json_extract_string(parts[1], '$[*]') AS cols,
+                   unnest(json_extract(parts[2], '$[*]')) AS row_
+            FROM sample WHERE parts[2] IS NOT NULL),
         split_cells AS (
             SELECT side, unnest(list_zip(cols, json_extract(row_, '$[*]'))) AS kv FROM split_rows),
         record_rows AS (
-            SELECT side, unnest(json_extract(body, '$.dataframe_records[*]')) AS r
-            FROM sample WHERE json_exists(body, '$.dataframe_records')),
+            SELECT side, unnest(json_extract(parts[3], '$[*]')) AS r
+            FROM sample WHERE parts[3] IS NOT NULL),
         record_keys AS (SELECT side, r, unnest(json_keys(r)) AS k FROM record_rows),
         cells AS (
             SELECT side, kv[1] AS feature, kv[2] AS value FROM split_cells

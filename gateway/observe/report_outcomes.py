@@ -62,7 +62,7 @@ class Joined:
     unit: Literal["request", "user"]
     rows: dict[str, VariantRows]
     outcome_rows: int
-    unmatched: int
+    unmatched: int  # outcome rows that met no live record (or, by user, none before them)
 
 
 def _quoted(text: str) -> str:
@@ -160,7 +160,7 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
                 FROM records WHERE {LIVE_SQL} AND user_key_hash IS NOT NULL
                   AND variant IS NOT NULL GROUP BY user_key_hash)
             SELECT e.variant, e.uid, true AS has_user, NULL::DOUBLE AS prediction, e.ts,
-                   o.outcome, o.covariate
+                   o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN exposure e ON e.uid = o.key
             WHERE o.ts IS NULL OR o.ts >= e.ts"""
         )
@@ -169,20 +169,18 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
             f"""CREATE OR REPLACE TEMP TABLE joined AS
             SELECT r.variant, coalesce(r.user_key_hash, r.request_id) AS uid,
                    r.user_key_hash IS NOT NULL AS has_user, r.prediction, r.ts,
-                   o.outcome, o.covariate
+                   o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN records r ON r.{key} = o.key
             WHERE r.{LIVE_SQL} AND r.variant IS NOT NULL"""
         )
-    record_key = "user_key_hash" if key == "user" else key
     counts = con.execute(
-        f"""SELECT (SELECT count(*) FROM outcomes),
-                   (SELECT count(*) FROM outcomes WHERE key NOT IN (
-                       SELECT {record_key} FROM records
-                       WHERE {LIVE_SQL} AND {record_key} IS NOT NULL)),
-                   (SELECT count(*) FROM (SELECT uid FROM joined WHERE has_user
-                                          GROUP BY uid HAVING count(*) > 1))"""
+        """SELECT (SELECT count(*) FROM outcomes),
+                  (SELECT count(DISTINCT oid) FROM joined),
+                  (SELECT count(*) FROM (SELECT uid FROM joined WHERE has_user
+                                         GROUP BY uid HAVING count(*) > 1))"""
     ).fetchone() or (0, 0, 0)
-    total, unmatched, shared = (int(value) for value in counts)
+    total, matched, shared = (int(value) for value in counts)
+    unmatched = total - matched
     unit: Literal["request", "user"] = "user" if key == "user" or shared else "request"
     rows = {}
     variants = con.execute("SELECT DISTINCT variant FROM joined ORDER BY variant").fetchall()
