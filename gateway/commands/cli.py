@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway import __version__
+from gateway.commands import report as report_command
 from gateway.core.config import ConfigError, GatewayConfig, load_config
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _demo(args, environ)
     if args.command == "logs":
         return _logs_export(args) if args.logs_command == "export" else _logs_summary(args)
+    if args.command == "report":
+        return report_command.run(args, sys.stdout, sys.stderr, environ=dict(environ))
     try:
         config = load_config(args.config, environ)
     except ConfigError as exc:
@@ -107,6 +110,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="databricks format: the inference_log.sample_rate that wrote the logs (default 1.0)",
     )
 
+    report_command.add_arguments(commands.add_parser("report", help=report_command.HELP))
     demo = commands.add_parser("demo", help="create a local demo registry and serve it")
     demo.add_argument(
         "--dir", type=Path, default=Path("gateway-demo"), help="default ./gateway-demo"
