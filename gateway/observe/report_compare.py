@@ -148,6 +148,7 @@ def compare_variants(
             "unit": unit,
             "test": comparison.test,
             "difference": comparison.difference,
+            "variance": comparison.variance,
             "relative_difference": comparison.relative_difference,
             "ci": list(comparison.ci),
             "p_value": comparison.p_value,

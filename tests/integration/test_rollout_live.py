@@ -160,6 +160,7 @@ def _rollout(config: GatewayConfig, url: str, command: str, **options: object) -
         max_error_rate_increase=0.01,
         max_p99_ratio=50.0,
         max_holds=5,
+        outcomes=[],
         **options,
     )
     out = io.StringIO()
