@@ -42,15 +42,16 @@ FORMATS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 
 
 @pytest.fixture
-def workspace(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], WorkspaceClient]:
+def workspace(monkeypatch: pytest.MonkeyPatch) -> Callable[..., WorkspaceClient]:
     """An SDK client on a gateway's URL, unaffected by any Databricks settings of the machine."""
     for name in list(os.environ):
         if name.startswith("DATABRICKS_"):
             monkeypatch.delenv(name)
 
-    def client(url: str) -> WorkspaceClient:
+    def client(url: str, headers: dict[str, str] | None = None) -> WorkspaceClient:
         # A short retry budget: a failure is reported at once, not after the SDK's 5 minutes.
-        return WorkspaceClient(config=Config(host=url, token="x", retry_timeout_seconds=10))
+        config = Config(host=url, token="x", retry_timeout_seconds=10, custom_headers=headers)
+        return WorkspaceClient(config=config)
 
     return client
 
@@ -64,7 +65,7 @@ def served(response: QueryEndpointResponse) -> tuple[str, str]:
 
 @pytest.mark.parametrize("input_format", list(FORMATS))
 def test_query_answers_a_plain_posts_predictions_and_names_the_variant(
-    gateway_url: str, workspace: Callable[[str], WorkspaceClient], input_format: str
+    gateway_url: str, workspace: Callable[..., WorkspaceClient], input_format: str
 ) -> None:
     sdk_input, document = FORMATS[input_format]
     response = workspace(gateway_url).serving_endpoints.query(
@@ -85,7 +86,7 @@ def test_query_answers_a_plain_posts_predictions_and_names_the_variant(
 
 
 def test_both_variants_are_named_as_they_serve(
-    make_config: Callable[..., GatewayConfig], workspace: Callable[[str], WorkspaceClient]
+    make_config: Callable[..., GatewayConfig], workspace: Callable[..., WorkspaceClient]
 ) -> None:
     # The SDK sends no sticky key: each query is a draw, and 40 draws of 50/50 give both.
     config = make_config(
@@ -111,9 +112,21 @@ def test_both_variants_are_named_as_they_serve(
     assert names == {"champion-1", "challenger-2"}
 
 
+def test_the_sdks_custom_headers_force_a_variant_or_keep_a_user_on_one(
+    gateway_url: str, workspace: Callable[..., WorkspaceClient]
+) -> None:
+    forced = workspace(gateway_url, {"x-gateway-variant": "challenger"}).serving_endpoints
+    assert forced.query(name="churn", dataframe_records=RECORDS).served_model_name == "challenger-2"
+    sticky = workspace(gateway_url, {"X-User-Id": "alice"}).serving_endpoints
+    names = {
+        sticky.query(name="churn", dataframe_records=RECORDS).served_model_name for _ in range(8)
+    }
+    assert len(names) == 1
+
+
 def test_the_log_keeps_the_client_request_id_and_the_body_as_sent(
     make_config: Callable[..., GatewayConfig],
-    workspace: Callable[[str], WorkspaceClient],
+    workspace: Callable[..., WorkspaceClient],
     tmp_path: Path,
 ) -> None:
     answers: dict[str, QueryEndpointResponse] = {}
@@ -153,7 +166,7 @@ def test_a_bearer_token_is_accepted_and_ignored(gateway_url: str) -> None:
 
 
 def test_errors_reach_the_sdk_as_its_own_exceptions(
-    gateway_url: str, workspace: Callable[[str], WorkspaceClient]
+    gateway_url: str, workspace: Callable[..., WorkspaceClient]
 ) -> None:
     client = workspace(gateway_url)
     with pytest.raises(NotFound, match="No endpoint named 'fraud'"):
