@@ -176,8 +176,13 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
     if outcome.parts:
         variants = ",".join(part.variant for part in outcome.parts)
         versions = ",".join(part.model_version for part in outcome.parts)
+        # The header the Databricks SDK reads into `QueryEndpointResponse.served_model_name`:
+        # `{variant}-{version}` (`champion-7`), like Databricks' default served-model name
+        # `{model}-{version}`; one a variant, comma-separated, when rows were split.
+        served = ",".join(f"{part.variant}-{part.model_version}" for part in outcome.parts)
         headers.append((b"x-gateway-variant", variants.encode("latin-1")))
         headers.append((b"x-gateway-model-version", versions.encode("latin-1")))
+        headers.append((b"served-model-name", served.encode("latin-1")))
     if outcome.error is None:
         assert outcome.body is not None
         await _send(send, 200, outcome.body, headers)

@@ -30,6 +30,12 @@ class Format(StrEnum):
 
 
 SUPPORTED_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# Top-level fields Databricks clients send beside the input: the SDK's `serving_endpoints.query`
+# (`client_request_id`, `usage_context`) and MLflow's Databricks deployments client
+# (`databricks_options`). They are for the server, not the model: accepted with every input
+# format, removed before parsing (so never a 400, never model input), and kept in the logged
+# request body, from which the inference record reads `client_request_id`.
+CLIENT_KEYS = frozenset({"client_request_id", "usage_context", "databricks_options"})
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,9 @@ def parse_json(
     """Model input from a decoded JSON request, with MLflow's parsing and schema casting.
 
     With a plan, a request it can build exactly keeps its typed rows; any other goes through MLflow.
+    The `CLIENT_KEYS` are removed first, on both ways.
     """
+    document = without_client_keys(document)
     rows = planned_rows(document, plan)
     if rows is not None:
         return ModelInput(None, document.get("params"), plan=plan, rows=rows)
@@ -176,6 +184,13 @@ def parse_json(
     except (ValueError, TypeError, KeyError) as exc:
         raise GatewayError("BAD_REQUEST", f"Invalid input. {_scrub(str(exc))}") from exc
     return ModelInput(parsed.data, parsed.params, parsed.is_unified_llm_input)
+
+
+def without_client_keys(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without the `CLIENT_KEYS`: the same object, uncopied, when it has none."""
+    if CLIENT_KEYS.isdisjoint(document):
+        return document
+    return {key: value for key, value in document.items() if key not in CLIENT_KEYS}
 
 
 def planned_rows(document: dict[str, Any], plan: FramePlan | None) -> PlannedRows | None:
