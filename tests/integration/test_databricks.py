@@ -81,6 +81,7 @@ def test_query_answers_a_plain_posts_predictions_and_names_the_variant(
     assert plain.status_code == 200
     assert plain.headers["x-gateway-model-version"] == version
     assert plain.headers["served-model-name"] == response.served_model_name
+    assert response.predictions is not None
     assert response.predictions == plain.json()["predictions"]
     assert len(response.predictions) == len(ROWS)
 
