@@ -68,7 +68,9 @@ class Accountant:
                 # Rows were split: each variant's record holds the predictions of its own rows.
                 response = json.dumps({"predictions": part.predictions}, cls=NumpyEncoder).encode()
             routing = outcome.decision.routing if outcome.decision else None
-            self._submit(outcome, part, routing, outcome.status_code, response, message)
+            self._submit(
+                self._record(outcome, part, routing, outcome.status_code, response, message)
+            )
         if self._metrics and self._writer is not None:
             metrics.LOG_QUEUE_DEPTH.set(self._writer.queue_depth())
 
@@ -80,24 +82,16 @@ class Accountant:
             return
         status = 200 if error is None else error.status_code
         message = None if error is None else error.message
-        self._submit(outcome, part, Routing.SHADOW, status, body, message)
+        self._submit(self._record(outcome, part, Routing.SHADOW, status, body, message))
+
+    def _submit(self, record: Callable[[], dict[str, Any]]) -> None:
+        assert self._writer is not None
+        self._writer.submit(record)
 
     def _sampled(self, outcome: Outcome) -> bool:
         return self._writer is not None and should_sample(
             outcome.invocation.request_id, self._settings.sample_rate
         )
-
-    def _submit(
-        self,
-        outcome: Outcome,
-        part: Part | None,
-        routing: Routing | None,
-        status_code: int,
-        response: bytes | None,
-        error: str | None,
-    ) -> None:
-        assert self._writer is not None
-        self._writer.submit(self._record(outcome, part, routing, status_code, response, error))
 
     def _record(
         self,

@@ -70,6 +70,8 @@ class ShadowRunner:
             result = await loop.run_in_executor(
                 self._executor, _shadow_predict, alias, model, body_format, outcome
             )
+        except RuntimeError:  # the executor is shut down: the gateway is stopping
+            return
         finally:
             self._busy[endpoint] -= 1
         prediction, error, compared, differing = result
