@@ -52,6 +52,8 @@ class LoadedModel:
     spec: InputSpec
     # The same model without input-schema enforcement, for its frame plan's frames only.
     planned_pyfunc: Any = None
+    # MLflow's pyfunc loader module (`mlflow.sklearn`, `mlflow.pyfunc.model`, ...): the flavor.
+    loader_module: str | None = None
 
 
 class Registry:
@@ -137,7 +139,15 @@ class Registry:
             pyfunc=pyfunc,
             spec=InputSpec(metadata, schema, plan),
             planned_pyfunc=None if plan is None else compat.without_input_enforcement(pyfunc),
+            loader_module=_loader_module(metadata),
         )
+
+
+def _loader_module(metadata: Any) -> str | None:
+    """The pyfunc flavor's loader module, as the model's MLmodel file names it."""
+    flavors = getattr(metadata, "flavors", None) or {}
+    module = flavors.get("python_function", {}).get("loader_module")
+    return module if isinstance(module, str) else None
 
 
 def _first_line(text: str) -> str:

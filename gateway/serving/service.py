@@ -15,7 +15,7 @@ from gateway.protocol import payload
 from gateway.serving.accounting import Accountant
 from gateway.serving.batching import Batcher
 from gateway.serving.outcome import Decision, Invocation, Outcome
-from gateway.serving.pool import ModelPool
+from gateway.serving.pool import ModelPool, policy_of
 from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
 from gateway.serving.registry import LoadedModel
 from gateway.serving.shadow import ShadowRunner
@@ -43,7 +43,7 @@ class InvocationService:
         self._executor = executor
         self._accountant = accountant
         self._shadow = shadow
-        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
 
@@ -143,12 +143,12 @@ class InvocationService:
         self, endpoint: Endpoint, decision: Decision, body_format: payload.Format, body: bytes
     ) -> Prediction:
         """Predict in a worker thread, within the request timeout."""
-        if decision.variant is not None and endpoint.batching is not None:
-            batcher = self._batcher(endpoint, decision.variant)
-            return await self._within_timeout(batcher.predict(body_format, body))
         queued_at = time.perf_counter()
         if decision.variant is not None:
             model = self._model(endpoint, decision.variant)
+            batcher = self._batcher(endpoint, decision.variant, model)
+            if batcher is not None:
+                return await self._within_timeout(batcher.predict(body_format, body))
             work = partial(predict_one, decision.variant, model, body_format, body, queued_at)
         else:
             assert endpoint.sticky is not None
@@ -169,15 +169,18 @@ class InvocationService:
         loop = asyncio.get_running_loop()
         return await self._within_timeout(loop.run_in_executor(self._executor, work))
 
-    def _batcher(self, endpoint: Endpoint, variant: str) -> Batcher:
-        model = self._model(endpoint, variant)
-        batcher = self._batchers.get((endpoint.name, variant))
-        if batcher is None or batcher.model is not model:
-            assert endpoint.batching is not None
-            # A swapped version gets a batcher of its own; the old one ends with its last batch.
-            labels = (endpoint.name, variant) if self._metrics else None
-            batcher = Batcher(variant, model, self._executor, endpoint.batching, labels)
-            self._batchers[(endpoint.name, variant)] = batcher
+    def _batcher(self, endpoint: Endpoint, variant: str, model: LoadedModel) -> Batcher | None:
+        """The variant's batcher, or None when its model is not batched (decided once a version)."""
+        known = self._batchers.get((endpoint.name, variant))
+        if known is not None and known[0] is model:
+            return known[1]
+        # A swapped version gets a batcher of its own; the old one ends with its last batch.
+        settings = policy_of(endpoint, model).settings
+        labels = (endpoint.name, variant) if self._metrics else None
+        batcher = (
+            None if settings is None else Batcher(variant, model, self._executor, settings, labels)
+        )
+        self._batchers[(endpoint.name, variant)] = (model, batcher)
         return batcher
 
     async def _within_timeout(self, work: Awaitable[Prediction]) -> Prediction:

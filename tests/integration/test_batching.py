@@ -9,6 +9,7 @@ import pytest
 
 from gateway.commands.demo import FEATURES
 from gateway.core.config import GatewayConfig
+from tests.helpers import sample, scrape
 from tests.integration import models
 from tests.integration.conftest import running_gateway, wait_until
 
@@ -155,3 +156,31 @@ def test_batching_answers_match_mlflow_bytes_for_the_demo_model(
         for thread in threads:
             thread.join(60)
     assert results == expected
+
+
+def test_auto_batches_a_scikit_learn_model_and_leaves_a_custom_pyfunc_alone(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    config = make_config(
+        [
+            {"name": "churn", "model": "churn", "variants": [{"alias": "champion"}]},
+            {"name": probe, "model": probe, "variants": [{"alias": "champion"}]},
+        ]
+    )
+    with running_gateway(config) as url:
+        before = scrape(url)
+        for endpoint in ("churn", probe):
+            response = httpx.post(f"{url}/endpoints/{endpoint}/invocations", json=_body([5]))
+            assert response.status_code == 200
+        after = scrape(url)
+        described = {e["name"]: e["variants"][0] for e in httpx.get(f"{url}/endpoints").json()}
+    assert described["churn"]["batching"] is True
+    assert "scikit-learn predicts each row independently" in described["churn"]["batching_reason"]
+    assert described[probe]["batching"] is False
+    assert "custom python_function" in described[probe]["batching_reason"]
+    batched = {
+        endpoint: sample(after, "gateway_batch_rows_count", endpoint=endpoint)
+        - sample(before, "gateway_batch_rows_count", endpoint=endpoint)
+        for endpoint in ("churn", probe)
+    }
+    assert batched == {"churn": 1, probe: 0}
