@@ -6,6 +6,8 @@ import logging.config
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from gateway.observe.quiet import OncePerKind
+
 LogFormat = Literal["text", "json"]
 
 
@@ -36,11 +38,18 @@ def logging_config(level: str = "INFO", log_format: LogFormat = "text") -> dict[
             "text": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"},
             "json": {"()": JsonFormatter},
         },
+        "filters": {"once": {"()": OncePerKind}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": formatter,
                 "stream": "ext://sys.stderr",
+            },
+            "warnings": {
+                "class": "logging.StreamHandler",
+                "formatter": formatter,
+                "stream": "ext://sys.stderr",
+                "filters": ["once"],
             },
         },
         "loggers": {
@@ -48,10 +57,13 @@ def logging_config(level: str = "INFO", log_format: LogFormat = "text") -> dict[
             "uvicorn": {"handlers": ["stderr"], "level": level, "propagate": False},
             "uvicorn.access": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
             "mlflow": {"handlers": ["stderr"], "level": "WARNING", "propagate": False},
+            # Python warnings (a model library's, say), each distinct one logged once.
+            "py.warnings": {"handlers": ["warnings"], "level": "WARNING", "propagate": False},
         },
     }
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
-    """Apply `logging_config` to this process."""
+    """Apply `logging_config` to this process, with Python warnings routed through it."""
     logging.config.dictConfig(logging_config(level, log_format))
+    logging.captureWarnings(True)

@@ -17,10 +17,12 @@ import pandas as pd
 
 from gateway.core.errors import GatewayError
 from gateway.core.routing import choose_random, choose_sticky_many
+from gateway.observe.quiet import QuietLog
 from gateway.protocol import payload
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
+_QUIET = QuietLog(logger)
 
 
 @dataclass(frozen=True)
@@ -163,15 +165,11 @@ def predict_raw(
         raw = pyfunc.predict(data, params=params)
     except Exception as exc:
         error = payload.predict_error(exc)
-        logger.warning(
-            "predict failed on %s: %s",
-            model.version.uri,
-            error.message,
-            exc_info=not _is_mlflow(exc),
+        # The caller gets a 4xx: one short line per kind and interval, the traceback at DEBUG.
+        kind = type(exc).__name__
+        _QUIET.warning(
+            (model.version.uri, kind), "predict failed on %s: %s", model.version.uri, kind
         )
+        logger.debug("predict failed on %s", model.version.uri, exc_info=True)
         raise error from exc
     return raw, time.perf_counter() - started
-
-
-def _is_mlflow(exc: Exception) -> bool:
-    return type(exc).__module__.startswith("mlflow")

@@ -1,5 +1,7 @@
 """The request pipeline on a real server: every outcome counted and recorded once, shadows bounded."""
 
+import json
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -219,3 +221,29 @@ def test_predict_and_queue_time_are_measured_apart_on_both_paths(
             before, "gateway_rows_predicted_total", endpoint=endpoint
         )
         assert rows == 2
+
+
+def test_a_flood_of_bad_requests_writes_one_short_line_and_no_traceback(
+    make_config: Callable[..., GatewayConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    columns = json.dumps(list(FEATURES))
+    body = '{"dataframe_split": {"columns": ' + columns + ', "data": [[1, Infinity, 1, "basic"]]}}'
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    with running_gateway(make_config()) as url:
+        statuses = {
+            httpx.post(
+                f"{url}/invocations",
+                content=body,
+                headers={"content-type": "application/json", "x-gateway-variant": "champion"},
+            ).status_code
+            for _ in range(20)
+        }
+    assert statuses == {400}
+    lines = [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and "predict failed" in r.getMessage()
+    ]
+    assert len(lines) == 1
+    assert lines[0].exc_info is None
+    assert "Infinity" not in lines[0].getMessage()
