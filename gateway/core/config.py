@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.tokens import TokenFileError, Tokens, parse_tokens
+
 ENV_PREFIX = "GATEWAY_"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -150,6 +152,15 @@ class Metrics(_Model):
     enabled: bool = True
 
 
+class Auth(_Model):
+    """Bearer-token authentication: the tokens file, and whether reads need a token too."""
+
+    # One `name:token` a line; re-read when it changes.
+    tokens_file: Annotated[str, Field(min_length=1)]
+    # Whether /metrics, /endpoints and /version need a token too (/ping and /health never do).
+    protect_read: bool = False
+
+
 class GatewayConfig(_Model):
     """The whole gateway: registry location, endpoints and inference log."""
 
@@ -158,6 +169,8 @@ class GatewayConfig(_Model):
     endpoints: Annotated[tuple[Endpoint, ...], Field(min_length=1)]
     inference_log: InferenceLog = InferenceLog()
     metrics: Metrics = Metrics()
+    # None: no authentication, every route is open.
+    auth: Auth | None = None
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
@@ -235,7 +248,25 @@ def load_config(path: str, environ: Mapping[str, str]) -> GatewayConfig:
             text = handle.read()
     except OSError as exc:
         raise ConfigError(path, [f"cannot read the file: {exc.strerror}"]) from exc
-    return parse_config(text, environ, source=path)
+    config = parse_config(text, environ, source=path)
+    if config.auth is not None:
+        load_tokens(config.auth.tokens_file)
+    return config
+
+
+def load_tokens(path: str) -> Tokens:
+    """Read and validate a tokens file; raise ConfigError naming each bad line, never a token."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read the tokens file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, ["the tokens file is not UTF-8 text"]) from exc
+    try:
+        return parse_tokens(text)
+    except TokenFileError as exc:
+        raise ConfigError(path, exc.problems) from exc
 
 
 def _apply_overrides(raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]) -> Any:
@@ -283,7 +314,16 @@ def _dotted(location: list[str] | tuple[Any, ...]) -> str:
 _KNOWN_KEYS = sorted(
     {
         key
-        for model in (GatewayConfig, Endpoint, Variant, Sticky, Batching, InferenceLog, Metrics)
+        for model in (
+            GatewayConfig,
+            Endpoint,
+            Variant,
+            Sticky,
+            Batching,
+            InferenceLog,
+            Metrics,
+            Auth,
+        )
         for key in model.model_fields
     }
 )

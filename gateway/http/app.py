@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, internal_error
 from gateway.observe import metrics
+from gateway.serving.auth import TokenStore
 from gateway.serving.outcome import Invocation, Outcome
 from gateway.serving.runtime import Runtime
 from gateway.serving.service import InvocationService
@@ -41,6 +42,7 @@ _INVOCATIONS = re.compile(r"/(?:(?:serving-)?endpoints/(?P<name>[^/]+)/)?invocat
 def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = None) -> ASGIApp:
     """The gateway's ASGI app over a runtime; `peers_ready` tells whether other workers are ready."""
     config = runtime.config
+    auth = runtime.auth
     routes = _Routes(runtime, peers_ready)
 
     @asynccontextmanager
@@ -78,7 +80,9 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
             found = _INVOCATIONS.fullmatch(scope["path"])
             if found is not None:
                 name = found["name"]
-                await _invoke(runtime.service, config.max_request_bytes, name, scope, receive, send)
+                await _invoke(
+                    runtime.service, config.max_request_bytes, auth, name, scope, receive, send
+                )
                 return
         await rest(scope, receive, send)
 
@@ -86,11 +90,20 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
 
 
 class _Routes:
-    """The routes besides invocations: probes, the version, the endpoints and the metrics."""
+    """The routes besides invocations: probes, the version, the endpoints and the metrics.
+
+    The probes are always open; the others need a token when `auth.protect_read` is set.
+    """
 
     def __init__(self, runtime: Runtime, peers_ready: Callable[[], bool] | None) -> None:
         self._runtime = runtime
         self._peers_ready = peers_ready
+        auth = runtime.config.auth
+        self._read_auth = runtime.auth if auth is not None and auth.protect_read else None
+
+    def _authorize_read(self, request: Request) -> None:
+        if self._read_auth is not None:
+            self._read_auth.requester(request.headers.get("authorization"))
 
     async def ping(self, request: Request) -> Response:
         return Response("\n", media_type=JSON)
@@ -103,14 +116,17 @@ class _Routes:
         return Response("\n", media_type=JSON)
 
     async def version(self, request: Request) -> Response:
+        self._authorize_read(request)
         # The bare MLflow version, as `mlflow models serve` answers (`gateway --version` has ours).
         return Response(mlflow.__version__, media_type=JSON)
 
     async def endpoints(self, request: Request) -> Response:
+        self._authorize_read(request)
         names = [endpoint.name for endpoint in self._runtime.config.endpoints]
         return _json([_describe(self._runtime, name) for name in names])
 
     async def metrics(self, request: Request) -> Response:
+        self._authorize_read(request)
         # With several workers this reads every worker's files: off the event loop.
         body, content_type = await asyncio.to_thread(
             metrics.exposition, request.headers.get("accept")
@@ -137,6 +153,7 @@ class _ClientGoneError(Exception):
 async def _invoke(
     service: InvocationService,
     limit: int,
+    auth: TokenStore | None,
     name: str | None,
     scope: Scope,
     receive: Receive,
@@ -150,6 +167,14 @@ async def _invoke(
     for key, value in scope["headers"]:
         # The first of repeated headers, as Starlette's Headers.get gives it.
         headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+    requester: str | None = None
+    refusal: GatewayError | None = None
+    if auth is not None:
+        # The token stops here: the service, the records and the shadows never see it.
+        try:
+            requester = auth.requester(headers.pop("authorization", None))
+        except GatewayError as error:
+            refusal = error
     request_id = _request_id(headers.get("x-request-id"))
     invocation = Invocation(
         request_id,
@@ -159,7 +184,12 @@ async def _invoke(
         headers,
         time.time(),
         time.perf_counter(),
+        requester,
     )
+    if refusal is not None:
+        # Counted and recorded like any refusal; the body is never read.
+        await _send_outcome(send, service.refuse(invocation, refusal))
+        return
     try:
         body = await _receive_body(receive, headers, limit)
     except GatewayError as error:
@@ -187,11 +217,15 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
         assert outcome.body is not None
         await _send(send, 200, outcome.body, headers)
     else:
+        if outcome.error.status_code == 401:
+            headers.append(_CHALLENGE)
         body = json.dumps(outcome.error.to_dict()).encode()
         await _send(send, outcome.error.status_code, body, headers)
 
 
 _ALLOW_POST = [(b"allow", b"POST")]
+# RFC 6750: a 401 says which scheme would do.
+_CHALLENGE = (b"www-authenticate", b"Bearer")
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -248,6 +282,8 @@ def _json(
 
 
 def _error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+    if error.status_code == 401:
+        headers = {**(headers or {}), _CHALLENGE[0].decode(): _CHALLENGE[1].decode()}
     return _json(error.to_dict(), error.status_code, headers)
 
 

@@ -123,7 +123,7 @@ class Accountant:
                 if user_key is not None and self._secret is not None
                 else None
             ),
-            requester=None,
+            requester=invocation.requester,
             client_request_id=invocation.headers.get(CLIENT_REQUEST_ID_HEADER),
             status_code=status_code,
             duration_ms=seconds * 1000,

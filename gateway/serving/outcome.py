@@ -25,6 +25,7 @@ class Invocation:
     headers: Mapping[str, str]  # lower-case names
     wall: float  # arrival, seconds since the epoch
     started: float  # arrival, perf_counter
+    requester: str | None = None  # the name of the caller's bearer token; None without auth
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The composition root: one function builds everything a serving process runs, from the config.
 
 `build_runtime` makes the executors, the registry client, the model pool, the inference-log
-writer, the accounting, the shadow runner and the invocation service; `Runtime.start` starts the
-writer and the background task that loads every model, freezes the heap, then follows the
-registry; `Runtime.stop` drains and closes them in order. The HTTP edge receives a runtime and
-only routes to it.
+writer, the accounting, the shadow runner, the invocation service and, with `auth`, the token
+store; `Runtime.start` starts the writer, the task that re-reads the tokens file when it changes,
+and the background task that loads every model, freezes the heap, then follows the registry;
+`Runtime.stop` drains and closes them in order. The HTTP edge receives a runtime and only routes
+to it.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from gateway.core.config import Endpoint, GatewayConfig
 from gateway.observe import metrics
 from gateway.observe.log_writer import InferenceLogWriter
 from gateway.serving.accounting import Accountant
+from gateway.serving.auth import TokenStore
 from gateway.serving.pool import ModelPool
 from gateway.serving.registry import Registry
 from gateway.serving.service import InvocationService
@@ -42,12 +44,17 @@ class Runtime:
     writer: InferenceLogWriter | None
     on_ready: Callable[[], None] | None = None
     on_fatal: Callable[[], None] | None = None
+    # None: no authentication.
+    auth: TokenStore | None = None
     _loading: "asyncio.Task[None] | None" = field(default=None, init=False)
+    _following_tokens: "asyncio.Task[None] | None" = field(default=None, init=False)
 
     async def start(self) -> None:
-        """Start the log writer, and load the models in the background (readiness says when)."""
+        """Start the log writer and the token reloads; load the models in the background."""
         if self.writer is not None:
             self.writer.start()
+        if self.auth is not None:
+            self._following_tokens = asyncio.create_task(self.auth.follow())
         self._loading = asyncio.create_task(self._keep_models())
 
     async def stop(self) -> None:
@@ -55,6 +62,8 @@ class Runtime:
         # The server has drained in-flight requests by now: every record is queued.
         if self._loading is not None:
             self._loading.cancel()
+        if self._following_tokens is not None:
+            self._following_tokens.cancel()
         await self.shadow.drain(grace_seconds=10.0)
         self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True, cancel_futures=False)
@@ -97,7 +106,11 @@ def build_runtime(
     on_ready: Callable[[], None] | None = None,
     on_fatal: Callable[[], None] | None = None,
 ) -> Runtime:
-    """The runtime of one serving process; `log_writer` replaces the one the config describes."""
+    """The runtime of one serving process; `log_writer` replaces the one the config describes.
+
+    Raises ConfigError when `auth` is set and its tokens file cannot be used.
+    """
+    auth = TokenStore(config.auth.tokens_file) if config.auth is not None else None
     executor = ThreadPoolExecutor(predict_threads, thread_name_prefix="gateway-predict")
     writer = log_writer if log_writer is not None else _log_writer(config)
     pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
@@ -110,7 +123,16 @@ def build_runtime(
     shadow = ShadowRunner(pool, shadow_executor, accountant, count=config.metrics.enabled)
     service = InvocationService(config, pool, executor, accountant, shadow=shadow)
     return Runtime(
-        config, pool, service, executor, shadow_executor, shadow, writer, on_ready, on_fatal
+        config,
+        pool,
+        service,
+        executor,
+        shadow_executor,
+        shadow,
+        writer,
+        on_ready,
+        on_fatal,
+        auth=auth,
     )
 
 
