@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.commands import report as report_command
-from gateway.core.config import ConfigError, GatewayConfig, load_config
+from gateway.core.config import ConfigError, GatewayConfig, load_config, load_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return report_command.run(args, sys.stdout, sys.stderr, environ=dict(environ))
     try:
         config = load_config(args.config, environ)
+        if args.command in ("check", "serve") and config.auth is not None:
+            # Serving needs the tokens; `rollout` and the readers do not.
+            load_tokens(config.auth.tokens_file)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG

@@ -248,10 +248,7 @@ def load_config(path: str, environ: Mapping[str, str]) -> GatewayConfig:
             text = handle.read()
     except OSError as exc:
         raise ConfigError(path, [f"cannot read the file: {exc.strerror}"]) from exc
-    config = parse_config(text, environ, source=path)
-    if config.auth is not None:
-        load_tokens(config.auth.tokens_file)
-    return config
+    return parse_config(text, environ, source=path)
 
 
 def load_tokens(path: str) -> Tokens:

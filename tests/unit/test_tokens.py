@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.commands.cli import EXIT_CONFIG, main
 from gateway.core.config import ConfigError, load_config, load_tokens, parse_config
 from gateway.core.tokens import TokenFileError, bearer_token, parse_tokens
 
@@ -156,15 +157,24 @@ def test_an_unknown_auth_key_is_named() -> None:
     assert "auth.token_file: unknown key (did you mean `tokens_file`?)" in caught.value.problems
 
 
-def test_loading_a_config_checks_its_tokens_file(tmp_path: Path) -> None:
+def test_check_and_serve_refuse_a_bad_tokens_file_before_anything_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"ci:{CI_TOKEN}\nci:{BATCH_TOKEN}\n")
     config = tmp_path / "gateway.yaml"
     config.write_text(AUTH_CONFIG.replace("TOKENS", str(tokens)))
-    with pytest.raises(ConfigError) as caught:
-        load_config(str(config), {})
-    assert caught.value.source == str(tokens)
-    assert caught.value.problems == ["line 2: the name `ci` is already on line 1"]
-    tokens.write_text(f"ci:{CI_TOKEN}\n")
+    for command in ("check", "serve"):
+        assert main([command, "--config", str(config)], {}) == EXIT_CONFIG
+        error = capsys.readouterr().err
+        assert "line 2: the name `ci` is already on line 1" in error
+        assert CI_TOKEN not in error
+
+
+def test_a_config_loads_without_its_tokens_file_for_commands_that_do_not_serve(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(AUTH_CONFIG.replace("TOKENS", str(tmp_path / "absent")))
     loaded = load_config(str(config), {})
     assert loaded.auth is not None
