@@ -133,8 +133,7 @@ def _parse_media_type(content_type: str | None) -> Format:
     except ValueError:
         raise GatewayError(
             "UNSUPPORTED_MEDIA_TYPE",
-            f"This predictor only supports the following content types: {_SUPPORTED}. "
-            f"Got '{content_type[:100]}'.",
+            f"This predictor only supports the following content types: {_SUPPORTED}.",
         ) from None
 
 
@@ -285,6 +284,44 @@ _CONVERSION_DETAIL = re.compile(
     r"(Failed to convert column .+? to type '[^']+'\.) Error: .*", re.DOTALL
 )
 _FORMAT_SET = re.compile(r"\{'[a-z_]+'(?:, '[a-z_]+')*\}")
+
+
+# Every quoted stretch, overlapping ones too: an apostrophe (`model's`) must not hide a quote.
+_QUOTED = re.compile(r"(?=(?:'([^'\n]+)'|\"([^\"\n]+)\"|`([^`\n]+)`))")
+
+
+def without_echo(error: GatewayError, body: bytes) -> GatewayError:
+    """The error without any quoted fragment of the request body in its message.
+
+    MLflow, pandas and the models quote what they could not read (`could not convert string to
+    float: 'alice@example.com'`); a client error must never echo request data, so a quoted
+    fragment that the body holds (as sent, or JSON-escaped) becomes `'...'`. Column names the
+    request lacks are not in the body, so they stay.
+    """
+    if not body or not any(quote in error.message for quote in "'\"`"):
+        return error
+    text = body.decode("utf-8", "replace")
+    echoed = {
+        fragment
+        for match in _QUOTED.finditer(error.message)
+        if (fragment := match.group(1) or match.group(2) or match.group(3))
+        and _in_body(fragment, text)
+    }
+    if not echoed:
+        return error
+    message = error.message
+    for fragment in sorted(echoed, key=len, reverse=True):
+        for quote in "'\"`":
+            message = message.replace(f"{quote}{fragment}{quote}", f"{quote}...{quote}")
+    return GatewayError(error.error_code, message, error.classification)
+
+
+_MANGLED = re.compile(r"\.\d+$")  # pandas renames a repeated column `x` to `x.1`
+
+
+def _in_body(fragment: str, text: str) -> bool:
+    candidates = {fragment, _MANGLED.sub("", fragment)}
+    return any(c in text or json.dumps(c)[1:-1] in text for c in candidates if c)
 
 
 def _scrub(message: str) -> str:

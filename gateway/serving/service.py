@@ -55,7 +55,7 @@ class InvocationService:
         if endpoint is None:
             known = ", ".join(endpoint.name for endpoint in self._config.endpoints)
             raise GatewayError(
-                "ENDPOINT_NOT_FOUND", f"No endpoint named '{name[:64]}'. Endpoints: {known}."
+                "ENDPOINT_NOT_FOUND", f"No endpoint of that name. Endpoints: {known}."
             )
         return endpoint
 
@@ -105,7 +105,7 @@ class InvocationService:
             decision = self.decide(endpoint, invocation.headers)
             prediction = await self._run(endpoint, decision, body_format, invocation.body)
         except GatewayError as exc:
-            error = exc
+            error = payload.without_echo(exc, invocation.body)
         except asyncio.CancelledError:  # the server stops: still recorded, then cancelled
             self.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled."))
             raise

@@ -170,7 +170,7 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(
     gateway_url: str, workspace: Callable[..., WorkspaceClient]
 ) -> None:
     client = workspace(gateway_url)
-    with pytest.raises(NotFound, match="No endpoint named 'fraud'"):
+    with pytest.raises(NotFound, match="No endpoint of that name"):
         client.serving_endpoints.query(name="fraud", dataframe_records=RECORDS)
     with pytest.raises(BadRequest, match="exactly one of the input fields"):
         client.serving_endpoints.query(name="churn", client_request_id="no-input")

@@ -67,7 +67,7 @@ def test_unknown_endpoint_is_a_json_404(gateway_url: str) -> None:
     assert response.status_code == 404
     assert response.json() == {
         "error_code": "ENDPOINT_NOT_FOUND",
-        "message": "No endpoint named 'fraud'. Endpoints: churn.",
+        "message": "No endpoint of that name. Endpoints: churn.",
     }
 
 

@@ -282,3 +282,40 @@ def test_a_document_without_client_fields_is_not_copied() -> None:
     assert payload.without_client_keys(document) is document
     stripped = payload.without_client_keys({**document, "usage_context": {}})
     assert stripped == document
+
+
+@pytest.mark.parametrize(
+    ("message", "body", "expected"),
+    [
+        (
+            "could not convert string to float: 'alice@example.com'",
+            b"age,income\nalice@example.com,2\n",
+            "could not convert string to float: '...'",
+        ),
+        (
+            "Failed to enforce the model's schema '[x]'. Note that there were extra inputs: "
+            "['secret_col']",
+            b'{"dataframe_split": {"columns": ["secret_col"], "data": []}}',
+            "Failed to enforce the model's schema '[x]'. Note that there were extra inputs: "
+            "['...']",
+        ),
+        (
+            "Model is missing inputs ['age'].",
+            b'{"dataframe_records": [{"other": 1}]}',
+            "Model is missing inputs ['age'].",
+        ),
+        (
+            'Unable to parse string "caf\u00e9" at position 0',
+            b'{"inputs": ["caf\\u00e9"]}',
+            'Unable to parse string "..." at position 0',
+        ),
+        ("Invalid input 'a'.", b"a", "Invalid input '...'."),
+        ("Nothing quoted here.", b"anything", "Nothing quoted here."),
+    ],
+)
+def test_error_messages_never_echo_a_quoted_fragment_of_the_request(
+    message: str, body: bytes, expected: str
+) -> None:
+    cleaned = payload.without_echo(GatewayError("BAD_REQUEST", message, {"sqlstate": "X"}), body)
+    assert cleaned.message == expected
+    assert cleaned.classification == {"sqlstate": "X"}
