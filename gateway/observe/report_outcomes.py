@@ -159,7 +159,8 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
                 SELECT user_key_hash AS uid, arg_min(variant, ts) AS variant, min(ts) AS ts
                 FROM records WHERE {LIVE_SQL} AND user_key_hash IS NOT NULL
                   AND variant IS NOT NULL GROUP BY user_key_hash)
-            SELECT e.variant, e.uid, true AS has_user, NULL::DOUBLE AS prediction, e.ts,
+            SELECT e.variant, hash(e.uid) AS unit, true AS has_user, NULL::DOUBLE AS prediction,
+                   e.ts,
                    o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN exposure e ON e.uid = o.key
             WHERE o.ts IS NULL OR o.ts >= e.ts"""
@@ -167,7 +168,7 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     else:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE joined AS
-            SELECT r.variant, coalesce(r.user_key_hash, r.request_id) AS uid,
+            SELECT r.variant, hash(coalesce(r.user_key_hash, r.request_id)) AS unit,
                    r.user_key_hash IS NOT NULL AS has_user, r.prediction, r.ts,
                    o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN records r ON r.{key} = o.key
@@ -176,8 +177,8 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     counts = con.execute(
         """SELECT (SELECT count(*) FROM outcomes),
                   (SELECT count(DISTINCT oid) FROM joined),
-                  (SELECT count(*) FROM (SELECT uid FROM joined WHERE has_user
-                                         GROUP BY uid HAVING count(*) > 1))"""
+                  (SELECT count(*) FROM (SELECT unit FROM joined WHERE has_user
+                                         GROUP BY unit HAVING count(*) > 1))"""
     ).fetchone() or (0, 0, 0)
     total, matched, shared = (int(value) for value in counts)
     unmatched = total - matched
@@ -186,7 +187,7 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     variants = con.execute("SELECT DISTINCT variant FROM joined ORDER BY variant").fetchall()
     for (name,) in variants:
         arrays = con.execute(
-            """SELECT hash(uid) AS unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
+            """SELECT unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
                       outcome, coalesce(covariate, 'NaN'::DOUBLE) AS covariate
             FROM joined WHERE variant = $variant""",
             {"variant": name},
