@@ -96,6 +96,7 @@ def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:
         )
         notes.extend(comparison_part["notes"])
     verdict = _verdict(srm["healthy"], comparison_part, options, champion, challenger)
+    unit = report_data.series_unit(info.first, info.last)  # the charts' buckets
     outcome_by_variant = comparison_part.get("summaries", {})
     variants = {
         row.variant: {
@@ -122,7 +123,8 @@ def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:
             "comparisons": comparison_part["comparisons"],
             "drift": _drift(con, options, champion, challenger),
             "shadow": [asdict(row) for row in report_data.shadow_agreement(con)],
-            "hourly": _hourly(con, bool(options.outcomes)),
+            "hourly": _hourly(con, bool(options.outcomes), "hour"),
+            "series": {"unit": unit, "rows": _hourly(con, bool(options.outcomes), unit)},
             "verdict": {"decision": verdict.decision.value, "reason": verdict.reason},
             "notes": notes,
         }
@@ -236,12 +238,12 @@ def _drift_dict(row: report_drift.DriftRow) -> Report:
     return {"name": row.name, "reference": row.reference, "current": row.current, **figures}
 
 
-def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool) -> list[Report]:
+def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool, unit: str) -> list[Report]:
     outcomes = {}
     if with_outcomes:
         outcomes = {
             (hour, variant): (n, mean)
-            for hour, variant, n, mean in report_outcomes.hourly_outcomes(con)
+            for hour, variant, n, mean in report_outcomes.hourly_outcomes(con, unit)
         }
     return [
         {
@@ -254,7 +256,7 @@ def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool) -> list[Report]
             "outcome_n": outcomes.get((row.hour, row.variant), (0, None))[0],
             "outcome_mean": outcomes.get((row.hour, row.variant), (0, None))[1],
         }
-        for row in report_data.hourly(con)
+        for row in report_data.hourly(con, unit)
     ]
 
 

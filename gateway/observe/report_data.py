@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 LIVE_ROUTINGS: Final = ("sticky", "random", "fallback")
 LIVE_SQL: Final = "routing IN ('sticky', 'random', 'fallback')"
 QUANTILES: Final = (0.05, 0.25, 0.5, 0.75, 0.95)
+# date_trunc units for time series, shortest first, with their length in seconds.
+BUCKETS: Final = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _MAX_CLASSES: Final = 20
 _MALFORMED: Final = "(request_id IS NULL OR ts IS NULL OR status_code IS NULL OR endpoint IS NULL)"
 _COLUMNS: Final = (
@@ -327,18 +329,27 @@ def assignment(con: duckdb.DuckDBPyConnection) -> Assignment:
     return Assignment(unit, observed, weighted)
 
 
-def hourly(con: duckdb.DuckDBPyConnection) -> list[HourRow]:
-    """Live requests, errors, mean and p95 latency per variant per hour."""
+def hourly(con: duckdb.DuckDBPyConnection, unit: str = "hour") -> list[HourRow]:
+    """Live requests, errors, mean and p95 latency per variant per hour (or `unit` of time)."""
+    if unit not in BUCKETS:
+        raise ValueError(f"unit: one of {', '.join(BUCKETS)}, got {unit!r}")
     return [
         HourRow(hour, variant, int(requests), int(errors), mean, p95)
         for hour, variant, requests, errors, mean, p95 in con.execute(
-            f"""SELECT date_trunc('hour', ts) AS hour, variant, count(*),
+            f"""SELECT date_trunc('{unit}', ts) AS hour, variant, count(*),
                    count(*) FILTER (WHERE status_code <> 200), avg(duration_ms),
                    quantile_cont(duration_ms, 0.95)
             FROM records WHERE {LIVE_SQL} AND variant IS NOT NULL
             GROUP BY ALL ORDER BY hour, variant"""
         ).fetchall()
     ]
+
+
+def series_unit(first: datetime | None, last: datetime | None, *, points: int = 6) -> str:
+    """The longest unit of `BUCKETS` that cuts the window into at least `points` buckets."""
+    span = (last - first).total_seconds() if first is not None and last is not None else 0.0
+    fitting = [unit for unit, seconds in BUCKETS.items() if span / seconds >= points]
+    return fitting[-1] if fitting else "second"
 
 
 def shadow_agreement(con: duckdb.DuckDBPyConnection) -> list[ShadowAgreement]:

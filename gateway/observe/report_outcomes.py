@@ -24,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway.core.record import user_key_hash
-from gateway.observe.report_data import LIVE_SQL, ReportInputError
+from gateway.observe.report_data import BUCKETS, LIVE_SQL, ReportInputError
 
 logger = logging.getLogger(__name__)
 
@@ -202,12 +202,17 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     return Joined(unit, rows, total, unmatched)
 
 
-def hourly_outcomes(con: duckdb.DuckDBPyConnection) -> list[tuple[object, str, int, float]]:
-    """Joined outcome rows and their mean per hour (of the record, or of a user's exposure) and variant."""
+def hourly_outcomes(
+    con: duckdb.DuckDBPyConnection, unit: str = "hour"
+) -> list[tuple[object, str, int, float]]:
+    """Joined outcome rows and their mean per hour (or `unit`) of the record (or of a user's
+    first exposure) and variant."""
+    if unit not in BUCKETS:
+        raise ValueError(f"unit: one of {', '.join(BUCKETS)}, got {unit!r}")
     return [
         (hour, str(variant), int(n), float(mean))
         for hour, variant, n, mean in con.execute(
-            """SELECT date_trunc('hour', ts) AS hour, variant, count(*), avg(outcome)
+            f"""SELECT date_trunc('{unit}', ts) AS hour, variant, count(*), avg(outcome)
             FROM joined GROUP BY ALL ORDER BY hour, variant"""
         ).fetchall()
     ]

@@ -245,3 +245,21 @@ def test_shadow_agreement_compares_each_shadow_with_the_live_answer(
     assert report_data.shadow_agreement(con) == [
         report_data.ShadowAgreement("candidate", "3", 3, 2, 1)
     ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "unit"),
+    [(0, "second"), (30, "second"), (600, "minute"), (6 * 3600, "hour"), (30 * 86400, "day")],
+)
+def test_time_series_buckets_cut_the_window_into_at_least_six(seconds: int, unit: str) -> None:
+    first = datetime(2024, 5, 1, 12)
+    assert report_data.series_unit(first, first + timedelta(seconds=seconds)) == unit
+
+
+def test_time_series_rows_can_be_by_minute(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    write_log(tmp_path / "a.jsonl", [record(f"r{n}", timestamp=START + 20 * n) for n in range(6)])
+    load(con, tmp_path)
+    rows = report_data.hourly(con, "minute")
+    assert [(row.hour.minute, row.requests) for row in rows] == [(0, 3), (1, 3)]
+    with pytest.raises(ValueError, match="unit: one of"):
+        report_data.hourly(con, "fortnight")
