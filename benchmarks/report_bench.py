@@ -41,7 +41,7 @@ def write_part(arguments: tuple[Path, int, int, int]) -> None:
     directory, part, first, count = arguments
     rng = np.random.default_rng(part)
     users = rng.integers(0, USERS, count)
-    sticky = {}
+    sticky: dict[str, str] = {}
     with (
         (directory / "logs" / f"inference-bench-{part:04d}.jsonl").open("w") as log,
         (directory / f"outcomes-{part:04d}.csv").open("w") as outcomes,

@@ -1,4 +1,4 @@
-"""The `gateway` command: serve, check, rollout, logs summary and demo."""
+"""The `gateway` command: serve, check, rollout, logs summary and export, and demo."""
 
 import argparse
 import contextlib
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if args.command == "demo":
         return _demo(args, environ)
     if args.command == "logs":
-        return _logs_summary(args)
+        return _logs_export(args) if args.logs_command == "export" else _logs_summary(args)
     if args.command == "report":
         return report_command.run(args, sys.stdout, sys.stderr, environ=dict(environ))
     try:
@@ -87,6 +87,28 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--since", help="ISO 8601 time, or a duration back from now: 90s, 30m, 1h, 2d"
     )
     summary.add_argument("--json", action="store_true", help="JSON instead of a table")
+    export = log_commands.add_parser(
+        "export",
+        help="write the logs as Parquet partitioned by date, optionally as an inference table",
+    )
+    export.add_argument("--dir", type=Path, required=True, help="the inference-log directory")
+    export.add_argument("--out", type=Path, required=True, help="the output directory")
+    export.add_argument(
+        "--since", help="ISO 8601 time, or a duration back from now: 90s, 30m, 1h, 2d"
+    )
+    export.add_argument("--until", help="the end of the window (excluded), as --since")
+    export.add_argument(
+        "--format",
+        default="parquet",
+        choices=["parquet", "databricks"],
+        help="the log's own columns (default) or a Databricks inference table's",
+    )
+    export.add_argument(
+        "--sampling-fraction",
+        type=float,
+        default=1.0,
+        help="databricks format: the inference_log.sample_rate that wrote the logs (default 1.0)",
+    )
 
     report_command.add_arguments(commands.add_parser("report", help=report_command.HELP))
     demo = commands.add_parser("demo", help="create a local demo registry and serve it")
@@ -213,6 +235,22 @@ def _logs_summary(args: argparse.Namespace) -> int:
         as_json=args.json,
         out=sys.stdout,
         err=sys.stderr,
+        now=datetime.now(UTC),
+    )
+
+
+def _logs_export(args: argparse.Namespace) -> int:
+    from gateway.observe import export
+
+    return export.run(
+        args.dir,
+        args.out,
+        since=args.since,
+        until=args.until,
+        layout=args.format,
+        sampling_fraction=args.sampling_fraction,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
         now=datetime.now(UTC),
     )
 

@@ -169,7 +169,7 @@ def run(
             print(f"error: --html: cannot write {args.html}: {exc.strerror}", file=err)
             return EXIT_FAILED
     if args.log_to_mlflow:
-        from gateway.observe.report_mlflow import MlflowReportError, log_report
+        from gateway.commands.report_mlflow import MlflowReportError, log_report
 
         try:
             log_report(

@@ -14,10 +14,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, TextIO, get_args
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.commands.rollout_quality import QualityGate
 from gateway.core.config import Endpoint, GatewayConfig
 from gateway.core.rollout import (
     AUDIT_TAG_PREFIX,
@@ -34,7 +36,11 @@ from gateway.core.rollout import (
     parse_steps,
     parse_weights,
     quantile,
+    with_quality,
 )
+from gateway.core.stats.quality import Metric
+from gateway.observe.report import ReportOptions
+from gateway.observe.report_outcomes import Key
 from gateway.serving.registry import Registry, RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -60,8 +66,37 @@ def add_arguments(
     run.add_argument("--max-error-rate-increase", type=float, default=Guard.max_error_rate_increase)
     run.add_argument("--max-p99-ratio", type=float, default=Guard.max_p99_ratio)
     run.add_argument(
-        "--max-holds", type=int, default=3, help="intervals without enough traffic before giving up"
+        "--max-holds", type=int, default=3, help="intervals that cannot be judged before giving up"
     )
+    quality = run.add_argument_group(
+        "quality gate", "judge the challenger's outcomes too, as `gateway report` joins them"
+    )
+    quality.add_argument(
+        "--outcomes",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="CSV, Parquet or JSON Lines outcomes, re-read at every interval (repeatable)",
+    )
+    quality.add_argument(
+        "--logs", type=Path, help="inference-log directory (default: the config's)"
+    )
+    quality.add_argument("--key", choices=get_args(Key), default="request_id")
+    quality.add_argument("--outcome-column", default="outcome")
+    quality.add_argument(
+        "--metric", choices=[metric.value for metric in Metric], default=Metric.MEAN.value
+    )
+    quality.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="roll back when worse by more than this; advance when no worse (default 0)",
+    )
+    quality.add_argument(
+        "--require-superior", action="store_true", help="advance only when better than the champion"
+    )
+    quality.add_argument("--alpha", type=float, default=0.05)
     for command in (status, set_, promote, rollback, run):
         add_config(command)
         command.add_argument("--endpoint", help="default: the config's first endpoint")
@@ -123,6 +158,7 @@ def main(
         if args.rollout_command == "rollback":
             return rollout.rollback("requested", args.dry_run)
         guard = Guard(args.min_requests, args.max_error_rate_increase, args.max_p99_ratio)
+        quality = _quality_gate(args, config, endpoint)
         source = _source(args, endpoint)
         if source is None:
             print(
@@ -131,7 +167,7 @@ def main(
             )
             return EXIT_USAGE
         return rollout.run(
-            args.steps, args.interval, guard, args.max_holds, source, args.dry_run, sleep
+            args.steps, args.interval, guard, args.max_holds, source, args.dry_run, sleep, quality
         )
     except (RegistryError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -250,8 +286,12 @@ class Rollout:
         source: "Callable[[], Snapshot]",
         dry_run: bool,
         sleep: Callable[[float], None],
+        quality: QualityGate | None = None,
     ) -> int:
-        """Ramp through `steps`, judging the challenger after each interval; promote at the end."""
+        """Ramp through `steps`, judging the challenger after each interval; promote at the end.
+
+        With a quality gate, each interval also judges the outcomes logged since the canary began.
+        """
         if dry_run:
             for step in steps:
                 self._say(
@@ -260,6 +300,7 @@ class Rollout:
                 )
             self._say("would promote after the last step")
             return EXIT_OK
+        started = datetime.now(UTC)
         for step in steps:
             self._set(canary_weights(self._champion, self._challenger, step), f"step {step}%")
             holds = 0
@@ -273,6 +314,9 @@ class Rollout:
                 )
                 verdict = judge(champion, challenger, guard)
                 figures = {"champion": _figures(champion), "challenger": _figures(challenger)}
+                if quality is not None and verdict.action is not Action.ROLLBACK:
+                    gate, figures["quality"] = quality.look(started)
+                    verdict = with_quality(verdict, gate)
                 self._record(
                     f"step {step}%: {verdict.action}", None, verdict.reasons, False, figures
                 )
@@ -286,7 +330,8 @@ class Rollout:
                 holds += 1
                 if holds > max_holds:
                     self.rollback(
-                        f"not enough traffic to judge after {holds} intervals at step {step}%",
+                        f"not judged after {holds} intervals at step {step}%: "
+                        + "; ".join(verdict.reasons),
                         False,
                         figures,
                     )
@@ -352,6 +397,26 @@ def _figures(figures: Figures) -> dict[str, Any]:
         "error_rate": round(figures.error_rate, 4),
         "p99_ms": None if figures.p99_seconds is None else round(figures.p99_seconds * 1000, 2),
     }
+
+
+def _quality_gate(
+    args: argparse.Namespace, config: GatewayConfig, endpoint: Endpoint
+) -> QualityGate | None:
+    if args.rollout_command != "run" or not args.outcomes:
+        return None
+    options = ReportOptions(
+        logs=args.logs or Path(config.inference_log.dir),
+        endpoint=endpoint.name,
+        outcomes=tuple(args.outcomes),
+        key=args.key,
+        outcome_column=args.outcome_column,
+        metric=Metric(args.metric),
+        user_key_secret=config.inference_log.user_key_secret,
+        alpha=args.alpha,
+        champion=args.champion,
+        challenger=args.challenger,
+    )
+    return QualityGate(options, margin=args.margin, require_superior=args.require_superior)
 
 
 def _source(args: argparse.Namespace, endpoint: Endpoint) -> "Callable[[], Snapshot] | None":

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "GATEWAY_"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -85,7 +92,18 @@ class Endpoint(_Model):
     sticky: Sticky | None = None
     allow_override: bool = True
     refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
-    batching: Batching | None = None
+    # `auto`: batch the flavors that predict each row independently (see core/batch_policy.py).
+    batching: Batching | Literal["auto", "off"] = "auto"
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _batching_word(cls, value: object) -> object:
+        # YAML reads a bare `off` as false and `on` as true.
+        if isinstance(value, bool):
+            return "auto" if value else "off"
+        if value in ("auto", "off") or isinstance(value, dict | Batching):
+            return value
+        raise ValueError("must be auto, off or a mapping of max_batch_size and max_wait_ms")
 
     @model_validator(mode="after")
     def _coherent(self) -> Self:
@@ -158,7 +176,7 @@ class GatewayConfig(_Model):
         late = [
             f"{e.name} ({e.batching.max_wait_ms:g} ms)"
             for e in self.endpoints
-            if e.batching is not None and e.batching.max_wait_ms >= limit
+            if isinstance(e.batching, Batching) and e.batching.max_wait_ms >= limit
         ]
         if late:
             raise ValueError(
@@ -276,7 +294,8 @@ def _describe(error: Any) -> str:
     location = [
         part
         for part in error["loc"]
-        if not (isinstance(part, str) and part.startswith("function-"))
+        # Validator and union-branch tags (`function-after[...]`, `Batching`) are not keys.
+        if not (isinstance(part, str) and (part.startswith("function-") or part[:1].isupper()))
     ]
     where = _dotted(tuple(location))
     kind = error["type"]
@@ -336,4 +355,10 @@ def _relevant(errors: list[Any]) -> list[Any]:
         error
         for error in errors
         if not (error["type"] == "too_short" and tuple(error["loc"]) in with_failed_items)
+        # A mapping given where a union also takes a word: the word's branch is not the problem.
+        and not (isinstance(error.get("input"), dict) and _union_tag(error, "literal["))
     ]
+
+
+def _union_tag(error: Any, prefix: str) -> bool:
+    return any(isinstance(part, str) and part.startswith(prefix) for part in error["loc"])

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from typing import Final
 
 # Modelled on MLflow's ERROR_CODE_TO_HTTP_STATUS so that clients written for `mlflow models serve`
-# see the codes they know; the last four have no MLflow equivalent and name what went wrong.
+# see the codes they know; the last five have no MLflow equivalent and name what went wrong.
 HTTP_STATUS: Final[dict[str, int]] = {
     "BAD_REQUEST": 400,
     "INVALID_PARAMETER_VALUE": 400,
@@ -19,6 +19,8 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "METHOD_NOT_ALLOWED": 405,
     "PAYLOAD_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
+    # nginx's code for a client that went away before its answer: only logs and metrics see it.
+    "CLIENT_CLOSED_REQUEST": 499,
 }
 
 

@@ -1,16 +1,19 @@
-"""The HTTP edge: routes, the three exception handlers, and the lifespan that builds the service."""
+"""The HTTP edge: routes, the three exception handlers, and outcomes rendered as responses.
+
+It reads a request, hands it to the runtime's invocation service, and maps the outcome to a
+status, a body and headers; it builds nothing but the routes (the runtime is built by
+`gateway.serving.runtime.build_runtime`).
+"""
 
 import asyncio
 import dataclasses
-import gc
 import json
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -21,113 +24,44 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__
-from gateway.core.config import Endpoint, GatewayConfig
 from gateway.core.errors import GatewayError, internal_error
 from gateway.observe import metrics
-from gateway.observe.log_writer import InferenceLogWriter
-from gateway.serving.pool import ModelPool
-from gateway.serving.registry import Registry
+from gateway.serving.outcome import Invocation, Outcome
+from gateway.serving.runtime import Runtime
 from gateway.serving.service import InvocationService
-from gateway.serving.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 _MAX_REQUEST_ID = 128
+# `POST /invocations`, `/endpoints/{name}/invocations` and Databricks' `/serving-endpoints/{name}/invocations`.
+_INVOCATIONS = re.compile(r"/(?:(?:serving-)?endpoints/(?P<name>[^/]+)/)?invocations")
 
 
-def create_app(
-    config: GatewayConfig,
-    *,
-    registry: Registry | None = None,
-    on_fatal: Callable[[], None] | None = None,
-    on_ready: Callable[[], None] | None = None,
-    peers_ready: Callable[[], bool] | None = None,
-    log_writer: InferenceLogWriter | None = None,
-    predict_threads: int = 4,
-) -> ASGIApp:
-    """The gateway's ASGI app; models load in the background once the lifespan starts.
-
-    `on_ready` and `on_fatal` are called when loading succeeds or fails; `peers_ready` tells
-    whether the other worker processes of this server are ready too; `log_writer` replaces the
-    inference-log writer that the config describes.
-    """
+def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = None) -> ASGIApp:
+    """The gateway's ASGI app over a runtime; `peers_ready` tells whether other workers are ready."""
+    config = runtime.config
+    routes = _Routes(runtime, peers_ready)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(predict_threads, thread_name_prefix="gateway-predict")
-        writer = log_writer if log_writer is not None else _log_writer(config)
-        if writer is not None:
-            writer.start()
-        pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
-        # Shadow predictions get threads of their own: they never take one from serving.
-        shadow_threads = sum(e.shadow_concurrency for e in config.endpoints if e.shadow)
-        shadow_executor = ThreadPoolExecutor(
-            max(shadow_threads, 1), thread_name_prefix="gateway-shadow"
-        )
-        shadow = ShadowRunner(pool, shadow_executor, count=config.metrics.enabled)
-        app.state.pool = pool
-        app.state.service = InvocationService(
-            config, pool, executor, shadow=shadow, log_writer=writer
-        )
-        loading = asyncio.create_task(_keep_models(config, pool, on_ready, on_fatal))
+        await runtime.start()
         try:
             yield
         finally:
-            # uvicorn has drained in-flight requests by now: every record is queued.
-            loading.cancel()
-            await shadow.drain(timeout=10.0)
-            shadow_executor.shutdown(wait=True, cancel_futures=True)
-            executor.shutdown(wait=True, cancel_futures=False)
-            if writer is not None:
-                await asyncio.to_thread(writer.close)
-
-    async def metrics_text(request: Request) -> Response:
-        # With several workers this reads every worker's files: off the event loop.
-        body, content_type = await asyncio.to_thread(
-            metrics.exposition, request.headers.get("accept")
-        )
-        return Response(body, headers={"content-type": content_type})
-
-    async def ping(request: Request) -> Response:
-        return Response("\n", media_type=JSON)
-
-    async def health(request: Request) -> Response:
-        if not request.app.state.pool.ready:
-            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
-        if peers_ready is not None and not peers_ready():
-            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Another worker is still loading models.")
-        return Response("\n", media_type=JSON)
-
-    async def version(request: Request) -> Response:
-        return _json({"gateway": __version__, "mlflow": mlflow.__version__})
-
-    async def endpoints(request: Request) -> Response:
-        pool: ModelPool = request.app.state.pool
-        return _json(
-            [
-                {
-                    "name": endpoint.name,
-                    "model": endpoint.model,
-                    "variants": [dataclasses.asdict(status) for status in pool.describe(endpoint)],
-                    "shadow": list(endpoint.shadow),
-                    "sticky": endpoint.sticky.model_dump(exclude_none=True)
-                    if endpoint.sticky
-                    else None,
-                    "allow_override": endpoint.allow_override,
-                }
-                for endpoint in config.endpoints
-            ]
-        )
+            await runtime.stop()
 
     rest = Starlette(
         routes=[
-            Route("/ping", ping, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/version", version, methods=["GET"]),
-            Route("/endpoints", endpoints, methods=["GET"]),
-            *([Route("/metrics", metrics_text, methods=["GET"])] if config.metrics.enabled else []),
+            Route("/ping", routes.ping, methods=["GET"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/version", routes.version, methods=["GET"]),
+            Route("/endpoints", routes.endpoints, methods=["GET"]),
+            *(
+                [Route("/metrics", routes.metrics, methods=["GET"])]
+                if config.metrics.enabled
+                else []
+            ),
         ],
         exception_handlers={
             GatewayError: _gateway_error,
@@ -143,15 +77,57 @@ def create_app(
         if scope["type"] == "http":
             found = _INVOCATIONS.fullmatch(scope["path"])
             if found is not None:
-                await _invoke(rest.state.service, config, scope, receive, send, found["name"])
+                name = found["name"]
+                await _invoke(runtime.service, config.max_request_bytes, name, scope, receive, send)
                 return
         await rest(scope, receive, send)
 
     return app
 
 
-# `POST /invocations` and `POST /endpoints/{name}/invocations`, as Starlette would match them.
-_INVOCATIONS = re.compile(r"/(?:endpoints/(?P<name>[^/]+)/)?invocations")
+class _Routes:
+    """The routes besides invocations: probes, the version, the endpoints and the metrics."""
+
+    def __init__(self, runtime: Runtime, peers_ready: Callable[[], bool] | None) -> None:
+        self._runtime = runtime
+        self._peers_ready = peers_ready
+
+    async def ping(self, request: Request) -> Response:
+        return Response("\n", media_type=JSON)
+
+    async def health(self, request: Request) -> Response:
+        if not self._runtime.pool.ready:
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Models are still loading.")
+        if self._peers_ready is not None and not self._peers_ready():
+            raise GatewayError("TEMPORARILY_UNAVAILABLE", "Another worker is still loading models.")
+        return Response("\n", media_type=JSON)
+
+    async def version(self, request: Request) -> Response:
+        # The bare MLflow version, as `mlflow models serve` answers (`gateway --version` has ours).
+        return Response(mlflow.__version__, media_type=JSON)
+
+    async def endpoints(self, request: Request) -> Response:
+        names = [endpoint.name for endpoint in self._runtime.config.endpoints]
+        return _json([_describe(self._runtime, name) for name in names])
+
+    async def metrics(self, request: Request) -> Response:
+        # With several workers this reads every worker's files: off the event loop.
+        body, content_type = await asyncio.to_thread(
+            metrics.exposition, request.headers.get("accept")
+        )
+        return Response(body, headers={"content-type": content_type})
+
+
+def _describe(runtime: Runtime, name: str) -> dict[str, Any]:
+    endpoint = runtime.service.endpoint(name)
+    return {
+        "name": endpoint.name,
+        "model": endpoint.model,
+        "variants": [dataclasses.asdict(status) for status in runtime.pool.describe(endpoint)],
+        "shadow": list(endpoint.shadow),
+        "sticky": endpoint.sticky.model_dump(exclude_none=True) if endpoint.sticky else None,
+        "allow_override": endpoint.allow_override,
+    }
 
 
 class _ClientGoneError(Exception):
@@ -160,50 +136,73 @@ class _ClientGoneError(Exception):
 
 async def _invoke(
     service: InvocationService,
-    config: GatewayConfig,
+    limit: int,
+    name: str | None,
     scope: Scope,
     receive: Receive,
     send: Send,
-    endpoint: str | None,
 ) -> None:
-    path = scope["path"]
+    """Read the request, invoke the service, send the outcome: the whole invocation endpoint."""
     if scope["method"] != "POST":
-        await _send_error(send, _method_not_allowed(scope["method"], path), _ALLOW_POST)
+        await _send_error(send, _method_not_allowed(scope["method"], scope["path"]), _ALLOW_POST)
         return
     headers: dict[str, str] = {}
     for key, value in scope["headers"]:
         # The first of repeated headers, as Starlette's Headers.get gives it.
         headers.setdefault(key.decode("latin-1"), value.decode("latin-1"))
+    request_id = _request_id(headers.get("x-request-id"))
+    invocation = Invocation(
+        request_id,
+        name,
+        b"",
+        headers.get("content-type"),
+        headers,
+        time.time(),
+        time.perf_counter(),
+    )
     try:
-        reply = await service.handle(
-            endpoint,
-            lambda: _receive_body(receive, headers, config.max_request_bytes),
-            headers.get("content-type"),
-            headers,
-            _request_id(headers.get("x-request-id")),
-        )
+        body = await _receive_body(receive, headers, limit)
+    except GatewayError as error:
+        await _send_outcome(send, service.refuse(invocation, error))
+        return
     except _ClientGoneError:
+        service.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "The client went away."))
         return
-    except Exception as exc:
-        logger.error("unexpected error on POST %s", path, exc_info=exc)
-        await _send_error(send, internal_error(), {})
-        return
-    await _send(send, reply.status_code, reply.body, reply.headers)
+    await _send_outcome(send, await service.invoke(dataclasses.replace(invocation, body=body)))
 
 
-_ALLOW_POST = {"allow": "POST"}
+async def _send_outcome(send: Send, outcome: Outcome) -> None:
+    headers = [(b"x-request-id", outcome.invocation.request_id.encode("latin-1"))]
+    if outcome.parts:
+        variants = ",".join(part.variant for part in outcome.parts)
+        versions = ",".join(part.model_version for part in outcome.parts)
+        # The header the Databricks SDK reads into `QueryEndpointResponse.served_model_name`:
+        # `{variant}-{version}` (`champion-7`), like Databricks' default served-model name
+        # `{model}-{version}`; one a variant, comma-separated, when rows were split.
+        served = ",".join(f"{part.variant}-{part.model_version}" for part in outcome.parts)
+        headers.append((b"x-gateway-variant", variants.encode("latin-1")))
+        headers.append((b"x-gateway-model-version", versions.encode("latin-1")))
+        headers.append((b"served-model-name", served.encode("latin-1")))
+    if outcome.error is None:
+        assert outcome.body is not None
+        await _send(send, 200, outcome.body, headers)
+    else:
+        body = json.dumps(outcome.error.to_dict()).encode()
+        await _send(send, outcome.error.status_code, body, headers)
 
 
-async def _send(send: Send, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-    raw = [(key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()]
-    raw.append((b"content-length", str(len(body)).encode()))
-    raw.append((b"content-type", JSON.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
+_ALLOW_POST = [(b"allow", b"POST")]
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.append((b"content-type", JSON.encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, error: GatewayError, headers: Mapping[str, str]) -> None:
-    await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), headers)
+async def _send_error(send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
+    await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), list(headers))
 
 
 async def _receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
@@ -227,40 +226,7 @@ async def _receive_body(receive: Receive, headers: Mapping[str, str], limit: int
 
 
 def _method_not_allowed(method: str, path: str) -> GatewayError:
-    return GatewayError("METHOD_NOT_ALLOWED", f"{method} is not allowed on {path}.")
-
-
-async def _keep_models(
-    config: GatewayConfig,
-    pool: ModelPool,
-    on_ready: Callable[[], None] | None,
-    on_fatal: Callable[[], None] | None,
-) -> None:
-    """Load every model, then follow the registry: each endpoint refreshed on its own interval."""
-    try:
-        await asyncio.to_thread(pool.load_all)
-    except Exception as exc:
-        logger.error("cannot serve: %s", exc, exc_info=not str(exc))
-        if on_fatal is not None:
-            on_fatal()
-        return
-    # What loading left on the heap (MLflow, pandas, the models) will live as long as the process:
-    # out of the collector's sight, so full collections stop walking it (long GC pauses = p99).
-    gc.collect()
-    gc.freeze()
-    logger.info("all models loaded; ready")
-    if on_ready is not None:
-        on_ready()
-    await asyncio.gather(*(_refresh_forever(pool, endpoint) for endpoint in config.endpoints))
-
-
-async def _refresh_forever(pool: ModelPool, endpoint: Endpoint) -> None:
-    while True:
-        await asyncio.sleep(endpoint.refresh_seconds)
-        try:
-            await asyncio.to_thread(pool.refresh, endpoint)
-        except Exception as exc:  # an unreachable registry: keep serving what is loaded
-            logger.warning("refresh of endpoint %s failed, serving on: %s", endpoint.name, exc)
+    return GatewayError("METHOD_NOT_ALLOWED", f"{method} is not allowed on {path[:200]}.")
 
 
 # New request ids: 128 random bits as 32 hex digits, like uuid4().hex, without a system call and
@@ -272,24 +238,6 @@ def _request_id(given: str | None) -> str:
     if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
         return given
     return f"{_IDS.getrandbits(128):032x}"
-
-
-def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
-    settings = config.inference_log
-    if not settings.enabled:
-        return None
-    if settings.user_key_secret is None and any(e.sticky for e in config.endpoints):
-        logger.warning(
-            "inference log: no user_key_secret is set, so records carry no user_key_hash "
-            "(set GATEWAY_INFERENCE_LOG__USER_KEY_SECRET)"
-        )
-    return InferenceLogWriter(
-        Path(settings.dir),
-        max_queue=settings.max_queue,
-        rotate_bytes=settings.rotate_bytes,
-        rotate_seconds=settings.rotate_seconds,
-        on_drop=metrics.count_log_drop if config.metrics.enabled else None,
-    )
 
 
 def _json(
@@ -311,7 +259,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
-        error = GatewayError("ENDPOINT_NOT_FOUND", f"No route for {request.url.path}.")
+        error = GatewayError("ENDPOINT_NOT_FOUND", f"No route for {request.url.path[:200]}.")
     elif exc.status_code == 405:
         error = _method_not_allowed(request.method, request.url.path)
     else:

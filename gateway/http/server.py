@@ -21,6 +21,7 @@ from gateway.core.config import GatewayConfig
 from gateway.http.app import create_app
 from gateway.observe import metrics
 from gateway.observe.logconfig import LogFormat, configure_logging
+from gateway.serving.runtime import build_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -82,20 +83,17 @@ def serve(
 ) -> int:
     """Serve until SIGINT/SIGTERM; the exit status: 0, or non-zero when the models cannot load."""
     if workers == 1:
-        return _serve_here(config, sock, log_level, log_format, on_ready)
+        return _serve_here(config, sock, on_ready)
     return _supervise(config, sock, workers, log_level, log_format)
 
 
 def _serve_here(
     config: GatewayConfig,
     sock: socket.socket,
-    log_level: str,
-    log_format: LogFormat,
     on_ready: Callable[[], None] | None = None,
     peers_ready: Callable[[], bool] | None = None,
     supervisor: int | None = None,
 ) -> int:
-    configure_logging(log_level, log_format)
     failed = threading.Event()
     if supervisor is not None:
         _stop_when_orphaned(supervisor, lambda: setattr(server, "should_exit", True))
@@ -104,7 +102,8 @@ def _serve_here(
         failed.set()
         server.should_exit = True
 
-    app = create_app(config, on_fatal=fatal, on_ready=on_ready, peers_ready=peers_ready)
+    runtime = build_runtime(config, on_ready=on_ready, on_fatal=fatal)
+    app = create_app(runtime, peers_ready=peers_ready)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -154,14 +153,15 @@ def _worker(
         sock = bind(host, port, workers=2, listen=True)
     else:
         sock = listener
-    sys.exit(_serve_here(config, sock, log_level, log_format, ready, all_ready, os.getppid()))
+    # A spawned worker is a new process: its logging is configured here, once.
+    configure_logging(log_level, log_format)
+    sys.exit(_serve_here(config, sock, ready, all_ready, os.getppid()))
 
 
 def _supervise(
     config: GatewayConfig, sock: socket.socket, workers: int, log_level: str, log_format: LogFormat
 ) -> int:
     """Start `workers` processes on the shared socket; restart crashed ones; stop all on a signal."""
-    configure_logging(log_level, log_format)
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
     # One flag a worker, set once its models are loaded: /health on any worker is 200 only when

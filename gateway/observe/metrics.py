@@ -41,7 +41,13 @@ REQUEST_DURATION = Histogram(
 )
 PREDICT_DURATION = Histogram(
     "gateway_predict_duration_seconds",
-    "Time spent parsing and predicting in a worker thread, by model version.",
+    "Time in the model's predict call (a merged batch's call for each of its requests).",
+    ["endpoint", "variant", "model_version"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "gateway_queue_duration_seconds",
+    "Time a request waited for a worker thread to take it: for its batch to form and start.",
     ["endpoint", "variant", "model_version"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -123,6 +129,7 @@ class RequestMeters(NamedTuple):
     answered: Callable[[], None]
     duration: Callable[[float], None]
     predict_duration: Callable[[float], None]
+    queue_duration: Callable[[float], None]
     rows: Callable[[float], None]
 
 
@@ -141,6 +148,7 @@ def request_meters(endpoint: str, variant: str, version: str, status: int) -> Re
             REQUESTS.labels(endpoint, variant, version, str(status)).inc,
             REQUEST_DURATION.labels(endpoint, variant).observe,
             PREDICT_DURATION.labels(endpoint, variant, version).observe,
+            QUEUE_DURATION.labels(endpoint, variant, version).observe,
             ROWS.labels(endpoint, variant, version).inc,
         )
     return meters

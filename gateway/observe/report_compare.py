@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 from gateway.core.stats.compare import (
     compare_means,
@@ -150,6 +150,7 @@ def compare_variants(
             "unit": unit,
             "test": comparison.test,
             "difference": comparison.difference,
+            "variance": comparison.variance,
             "relative_difference": comparison.relative_difference,
             "ci": list(comparison.ci),
             "p_value": comparison.p_value,

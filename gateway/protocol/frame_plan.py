@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gateway.protocol import compat
+
 # The signature types a plan handles, and the value types each accepts (bool is not an int here).
 _ACCEPTS: dict[str, tuple[type, ...]] = {
     "long": (int,),
@@ -87,7 +89,7 @@ class FramePlan:
                 _concatenate([part.arrays[column] for part in parts])
                 for column in range(len(self.names))
             ]
-        return _from_arrays(arrays, self.index, sum(part.length for part in parts))
+        return compat.frame_from_arrays(arrays, self.index, sum(part.length for part in parts))
 
     def _typed(self, columns: Sequence[Any], column: Any, length: int) -> PlannedRows | None:
         if length == 0 or len(columns) != len(self.names):
@@ -125,9 +127,8 @@ def make_plan(metadata: Any, input_schema: Any, reference: Any) -> FramePlan | N
         return None
     # Signatures from type hints are checked by the model itself, and frames of models typed by an
     # example are converted to the example's format: both are MLflow's business alone.
-    for special in ("_is_signature_from_type_hint", "_is_type_hint_from_example"):
-        if getattr(metadata, special, lambda: False)():
-            return None
+    if compat.signature_from_type_hints(metadata):
+        return None
     inputs = input_schema.inputs
     kinds = {}
     for spec in inputs:
@@ -158,13 +159,4 @@ def _concatenate(arrays: Sequence[Any]) -> Any:
     first = arrays[0]
     if isinstance(first, np.ndarray):
         return np.concatenate(arrays)
-    # A pandas extension array (strings): the interface's own concatenation.
-    return type(first)._concat_same_type(arrays)
-
-
-def _from_arrays(arrays: list[Any], columns: pd.Index, length: int) -> pd.DataFrame:
-    # pandas' own constructor for ready columns, skipping the checks a plan has already made.
-    frame: pd.DataFrame = pd.DataFrame._from_arrays(  # type: ignore[attr-defined]
-        arrays, columns=columns, index=pd.RangeIndex(length), verify_integrity=False
-    )
-    return frame
+    return compat.concat_extension_arrays(list(arrays))

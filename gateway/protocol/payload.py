@@ -15,9 +15,9 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import BAD_REQUEST
-from mlflow.pyfunc import scoring_server
 
 from gateway.core.errors import GatewayError
+from gateway.protocol import compat
 from gateway.protocol.frame_plan import FramePlan, PlannedRows
 
 
@@ -30,19 +30,64 @@ class Format(StrEnum):
 
 
 SUPPORTED_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# Top-level fields Databricks clients send beside the input: the SDK's `serving_endpoints.query`
+# (`client_request_id`, `usage_context`) and MLflow's Databricks deployments client
+# (`databricks_options`). They are for the server, not the model: accepted with every input
+# format, removed before parsing (so never a 400, never model input), and kept in the logged
+# request body, from which the inference record reads `client_request_id`.
+CLIENT_KEYS = frozenset({"client_request_id", "usage_context", "databricks_options"})
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What parsing needs of a model version: its MLflow metadata, input schema and frame plan."""
+
+    metadata: Any
+    input_schema: Any
+    plan: FramePlan | None = None
 
 
 @dataclass(frozen=True)
 class ModelInput:
-    """What `predict` takes, parsed from one request."""
+    """What `predict` takes, parsed from one request.
+
+    A request that the model's frame plan builds keeps its typed `rows` unbuilt, so that a batch
+    can build the rows of many requests into one frame; `frame()` builds them for one.
+    """
 
     data: Any
     params: dict[str, Any] | None
     # The unified LLM format answers the bare predictions, without the `predictions` envelope.
     unwrapped: bool = False
-    # The plan that built `data`, when one did: the frame is then exactly what MLflow's schema
-    # enforcement makes of it for a model with that plan.
+    # The plan that built (or builds) the frame: it is then exactly what MLflow's schema
+    # enforcement makes of the request for a model with that plan.
     plan: FramePlan | None = None
+    rows: PlannedRows | None = None
+
+    def frame(self) -> Any:
+        """The model's input: the data, or the planned rows built into a frame."""
+        if self.rows is not None and self.plan is not None:
+            return self.plan.build([self.rows])
+        return self.data
+
+    @property
+    def row_count(self) -> int:
+        """Rows in the input (1 for something without a length)."""
+        if self.rows is not None:
+            return self.rows.length
+        try:
+            return len(self.data)
+        except TypeError:
+            return 1
+
+
+def parse(spec: InputSpec, body_format: "Format", body: bytes) -> ModelInput:
+    """The one way a request body becomes model input, whatever path it takes (single, batch, shadow)."""
+    if body_format is Format.JSON:
+        return parse_json(decode_json(body), spec.metadata, spec.input_schema, spec.plan)
+    if body_format is Format.CSV:
+        return parse_csv(body, spec.input_schema)
+    return parse_parquet(body)
 
 
 _SUPPORTED = ", ".join(f"'{fmt.value}'" for fmt in Format)
@@ -125,14 +170,15 @@ def parse_json(
 ) -> ModelInput:
     """Model input from a decoded JSON request, with MLflow's parsing and schema casting.
 
-    With a plan, a request it can build exactly is built by it; any other goes through MLflow.
+    With a plan, a request it can build exactly keeps its typed rows; any other goes through MLflow.
+    The `CLIENT_KEYS` are removed first, on both ways.
     """
+    document = without_client_keys(document)
     rows = planned_rows(document, plan)
     if rows is not None:
-        assert plan is not None
-        return ModelInput(plan.build([rows]), document.get("params"), plan=plan)
+        return ModelInput(None, document.get("params"), plan=plan, rows=rows)
     try:
-        parsed = scoring_server._parse_json_data(dict(document), metadata, input_schema)
+        parsed = compat.parse_json_document(dict(document), metadata, input_schema)
     except MlflowException as exc:
         raise as_gateway_error(exc) from exc
     except (ValueError, TypeError, KeyError) as exc:
@@ -140,9 +186,16 @@ def parse_json(
     return ModelInput(parsed.data, parsed.params, parsed.is_unified_llm_input)
 
 
+def without_client_keys(document: dict[str, Any]) -> dict[str, Any]:
+    """The document without the `CLIENT_KEYS`: the same object, uncopied, when it has none."""
+    if CLIENT_KEYS.isdisjoint(document):
+        return document
+    return {key: value for key, value in document.items() if key not in CLIENT_KEYS}
+
+
 def planned_rows(document: dict[str, Any], plan: FramePlan | None) -> PlannedRows | None:
     """The request's rows as the plan builds them; None: MLflow parses it. 400 for a bad shape."""
-    if scoring_server.is_unified_llm_input(document):
+    if compat.is_unified_llm_input(document):
         return None
     found = [key for key in document if key in SUPPORTED_KEYS]
     if len(found) != 1:
@@ -165,7 +218,7 @@ def parse_csv(body: bytes, input_schema: Any) -> ModelInput:
             f"Invalid input. Ensure that input is a valid UTF-8 encoded string. Error: '{exc}'",
         ) from exc
     try:
-        return ModelInput(scoring_server.parse_csv_input(StringIO(text), input_schema), None)
+        return ModelInput(compat.parse_csv(StringIO(text), input_schema), None)
     except MlflowException as exc:
         raise as_gateway_error(exc) from exc
 
@@ -173,19 +226,26 @@ def parse_csv(body: bytes, input_schema: Any) -> ModelInput:
 def parse_parquet(body: bytes) -> ModelInput:
     """Model input from a Parquet body."""
     try:
-        return ModelInput(scoring_server.parse_parquet_input(BytesIO(body)), None)
+        return ModelInput(compat.parse_parquet(BytesIO(body)), None)
     except MlflowException as exc:
         raise as_gateway_error(exc) from exc
 
 
 def encode_predictions(raw: Any, unwrapped: bool = False) -> bytes:
     """The response body, byte-for-byte what `mlflow models serve` writes for these predictions."""
-    out = StringIO()
-    if unwrapped:
-        scoring_server.unwrapped_predictions_to_json(raw, out)
-    else:
-        scoring_server.predictions_to_json(raw, out)
-    return out.getvalue().encode("utf-8")
+    return compat.encode_predictions(raw, unwrapped)
+
+
+def per_row(raw: Any, rows: int) -> list[Any]:
+    """Predictions as one JSON-ready item a row, as MLflow would write them; 400 if they are not."""
+    items = compat.jsonable(raw)
+    if not isinstance(items, list) or len(items) != rows:
+        raise GatewayError(
+            "BAD_REQUEST",
+            "The model's output cannot be split by row, so this endpoint cannot route rows "
+            "separately; use a sticky header instead.",
+        )
+    return items
 
 
 def as_gateway_error(exc: MlflowException) -> GatewayError:

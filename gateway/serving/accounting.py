@@ -1,162 +1,156 @@
-"""What each answered invocation leaves behind: its metrics and its inference-log records."""
+"""What each outcome leaves behind, exactly once: its metrics and its inference-log records."""
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from mlflow.utils.proto_json_utils import NumpyEncoder
-
-from gateway.core.config import Endpoint, GatewayConfig
+from gateway.core.config import GatewayConfig
+from gateway.core.errors import GatewayError
 from gateway.core.record import build_record, should_sample, user_key_hash
 from gateway.core.routing import Routing
 from gateway.observe import metrics
 from gateway.observe.log_writer import InferenceLogWriter
-from gateway.serving.pool import ModelPool
-from gateway.serving.prediction import Prediction, Served
-from gateway.serving.shadow import ShadowResult
+from gateway.protocol.compat import NumpyEncoder
+from gateway.serving.outcome import Outcome
+from gateway.serving.prediction import Part
 
 # Label values for requests refused before an endpoint or variant was known: labels stay bounded.
 UNKNOWN = "_unknown"
 NONE = "_none"
+CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
 
 
-@dataclass(frozen=True)
-class Answer:
-    """An answered invocation, as the inference log needs it."""
+class InFlight:
+    """One request counted in the in-flight gauge until `release()`."""
 
-    request_id: str
-    wall: float
-    endpoint: Endpoint
-    routing: Routing | None
-    user_key: str | None
-    split: Mapping[str, int] | None
-    client_request_id: str | None
-    status_code: int
-    reply_body: bytes
-    duration: float
-    body: bytes
-    content_type: str | None
+    __slots__ = ("_gauge",)
 
+    def __init__(self, gauge: Any) -> None:
+        self._gauge = gauge
+        if gauge is not None:
+            gauge.inc()
 
-def count(
-    label: str, served: list[Served], status: int, duration: float, prediction: Prediction | None
-) -> None:
-    """Count a request once for each variant that served it (once as `_none` if none did)."""
-    parts: list[Served | None] = [*served] or [None]
-    for part in parts:
-        variant = part.variant if part else NONE
-        version = part.model.version.version if part else NONE
-        meters = metrics.request_meters(label, variant, version, status)
-        meters.answered()
-        meters.duration(duration)
-        if prediction is not None and part is not None:
-            meters.predict_duration(prediction.seconds)
-            meters.rows(part.rows)
+    def release(self) -> None:
+        """The request is answered."""
+        if self._gauge is not None:
+            self._gauge.dec()
 
 
 class Accountant:
-    """Hands inference-log records of answered requests to the writer, sampled, never blocking."""
+    """Counts every outcome and hands its inference-log records to the writer, never blocking."""
 
-    def __init__(
-        self, config: GatewayConfig, pool: ModelPool, writer: InferenceLogWriter | None
-    ) -> None:
+    def __init__(self, config: GatewayConfig, writer: InferenceLogWriter | None) -> None:
+        self._config = config
         self._settings = config.inference_log
-        self._pool = pool
         self._writer = writer
         self._metrics = config.metrics.enabled
         secret = config.inference_log.user_key_secret
         self._secret = secret.encode() if secret else None
 
-    def log(self, answer: Answer, served: list[Served]) -> None:
-        """One record a variant that served the request (one, unless its rows were split)."""
-        if self._writer is None or not should_sample(answer.request_id, self._settings.sample_rate):
+    def in_flight(self, endpoint: str | None) -> InFlight:
+        """Count a request as in flight on its endpoint until it is released."""
+        return InFlight(metrics.in_flight(self._label(endpoint)) if self._metrics else None)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count the outcome once for each variant that had a part in it, and log one record each."""
+        parts: tuple[Part | None, ...] = outcome.parts or (None,)
+        if self._metrics:
+            label = self._label(outcome.invocation.endpoint)
+            for part in parts:
+                _count(label, part, outcome.status_code, outcome.duration)
+        if outcome.endpoint is None or not self._sampled(outcome):
             return
-        ok = answer.status_code == 200
-        error = None if ok else _error_message(answer.reply_body)
-        parts: list[Served | None] = [*served] or [None]
+        message = None if outcome.error is None else outcome.error.message
         for part in parts:
-            response: bytes | None = answer.reply_body if ok else None
-            if ok and part is not None and part.predictions is not None:
+            response = outcome.body
+            if response is not None and part is not None and part.predictions is not None:
                 # Rows were split: each variant's record holds the predictions of its own rows.
                 response = json.dumps({"predictions": part.predictions}, cls=NumpyEncoder).encode()
-            self._writer.submit(
-                self._record(
-                    answer,
-                    part.variant if part else None,
-                    part.model.version.version if part else None,
-                    answer.routing,
-                    answer.status_code,
-                    response,
-                    error,
-                    answer.duration,
-                )
+            routing = outcome.decision.routing if outcome.decision else None
+            self._submit(
+                self._record(outcome, part, routing, outcome.status_code, response, message)
             )
-        if self._metrics:
+        if self._metrics and self._writer is not None:
             metrics.LOG_QUEUE_DEPTH.set(self._writer.queue_depth())
 
-    def log_shadow(self, answer: Answer, result: ShadowResult) -> None:
-        """The record of a shadow prediction of an answered request."""
-        if self._writer is None or not should_sample(answer.request_id, self._settings.sample_rate):
+    def record_shadow(
+        self, outcome: Outcome, part: Part | None, body: bytes | None, error: GatewayError | None
+    ) -> None:
+        """The record of one shadow prediction of an answered request."""
+        if outcome.endpoint is None or not self._sampled(outcome):
             return
-        model = self._pool.get(answer.endpoint.name, result.alias)
-        prediction, error = result.prediction, result.error
-        self._writer.submit(
-            self._record(
-                answer,
-                result.alias,
-                model.version.version if model else None,
-                Routing.SHADOW,
-                200 if error is None else error.status_code,
-                prediction.body if prediction else None,
-                error.message if error else None,
-                prediction.seconds if prediction else 0.0,
-            )
+        status = 200 if error is None else error.status_code
+        message = None if error is None else error.message
+        self._submit(self._record(outcome, part, Routing.SHADOW, status, body, message))
+
+    def _submit(self, record: Callable[[], dict[str, Any]]) -> None:
+        assert self._writer is not None
+        self._writer.submit(record)
+
+    def _sampled(self, outcome: Outcome) -> bool:
+        return self._writer is not None and should_sample(
+            outcome.invocation.request_id, self._settings.sample_rate
         )
 
     def _record(
         self,
-        answer: Answer,
-        variant: str | None,
-        version: str | None,
+        outcome: Outcome,
+        part: Part | None,
         routing: Routing | None,
         status_code: int,
         response: bytes | None,
         error: str | None,
-        seconds: float,
     ) -> Callable[[], dict[str, Any]]:
         """A record builder: it runs on the writer's thread, so bodies cost the request path nothing."""
-        hashed = (
-            user_key_hash(answer.user_key, self._secret)
-            if answer.user_key is not None and self._secret is not None
-            else None
-        )
+        invocation, decision, endpoint = outcome.invocation, outcome.decision, outcome.endpoint
+        assert endpoint is not None
+        user_key = decision.user_key if decision else None
+        shadow = routing is Routing.SHADOW
+        seconds = (part.predict_seconds or 0.0) if shadow and part else outcome.duration
         return partial(
             build_record,
-            request_id=answer.request_id,
-            timestamp=answer.wall,
-            endpoint=answer.endpoint.name,
-            model=answer.endpoint.model,
-            variant=variant,
-            model_version=version,
+            request_id=invocation.request_id,
+            timestamp=invocation.wall,
+            endpoint=endpoint.name,
+            model=endpoint.model,
+            variant=part.variant if part else None,
+            model_version=part.model_version if part else None,
             routing=routing,
-            split=answer.split,
-            user_key_hash=hashed,
+            split=decision.split if decision else None,
+            user_key_hash=(
+                user_key_hash(user_key, self._secret)
+                if user_key is not None and self._secret is not None
+                else None
+            ),
             requester=None,
-            client_request_id=answer.client_request_id,
+            client_request_id=invocation.headers.get(CLIENT_REQUEST_ID_HEADER),
             status_code=status_code,
             duration_ms=seconds * 1000,
-            request_body=answer.body,
-            content_type=answer.content_type,
+            request_body=invocation.body,
+            content_type=invocation.content_type,
             response_body=response,
             error=error,
             max_payload_bytes=self._settings.max_payload_bytes,
         )
 
+    def _label(self, endpoint: str | None) -> str:
+        if endpoint is None:
+            return self._config.endpoints[0].name
+        return endpoint if self._config.endpoint(endpoint) is not None else UNKNOWN
 
-def _error_message(body: bytes) -> str | None:
-    try:
-        return str(json.loads(body)["message"])
-    except (ValueError, KeyError, TypeError):
-        return None
+
+def _count(label: str, part: Part | None, status: int, duration: float) -> None:
+    """Count one variant's part in a request (`_none` when no variant had one)."""
+    variant = part.variant if part else NONE
+    version = part.model_version if part else NONE
+    meters = metrics.request_meters(label, variant, version, status)
+    meters.answered()
+    meters.duration(duration)
+    if part is None:
+        return
+    if part.predict_seconds is not None:
+        meters.predict_duration(part.predict_seconds)
+        meters.rows(part.rows)
+    if part.queue_seconds is not None:
+        meters.queue_duration(part.queue_seconds)

@@ -9,6 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from gateway.core.batch_policy import BatchPolicy, batch_policy
 from gateway.core.config import Endpoint, GatewayConfig, Variant
 from gateway.core.rollout import WEIGHTS_TAG, merge_weights, parse_weights
 from gateway.observe import metrics
@@ -27,6 +28,13 @@ class VariantStatus:
     model_version: str | None
     loaded: bool
     shadow: bool
+    batching: bool | None  # None while the variant's model is not loaded
+    batching_reason: str | None
+
+
+def policy_of(endpoint: Endpoint, model: LoadedModel) -> BatchPolicy:
+    """Whether a variant's model is batched on this endpoint, and why."""
+    return batch_policy(endpoint.batching, model.loader_module, model.spec.plan is not None)
 
 
 class ModelPool:
@@ -120,6 +128,15 @@ class ModelPool:
                 metrics.MODEL_LOAD_FAILURES.labels(endpoint.name, name).inc()
                 raise
         self._models[(endpoint.name, name)] = model
+        policy = policy_of(endpoint, model)
+        logger.info(
+            "endpoint %s variant %s (version %s): batching %s (%s)",
+            endpoint.name,
+            name,
+            version.version,
+            "on" if policy.enabled else "off",
+            policy.reason,
+        )
         metrics.MODEL_INFO.labels(endpoint.name, name, endpoint.model, version.version).set(1)
         if previous is not None and previous.version.version != version.version:
             metrics.MODEL_INFO.labels(
@@ -155,6 +172,7 @@ class ModelPool:
         for variant in _all_variants(endpoint):
             name = variant.variant_name
             model = self.get(endpoint.name, name)
+            policy = None if model is None else policy_of(endpoint, model)
             statuses.append(
                 VariantStatus(
                     variant=name,
@@ -163,6 +181,8 @@ class ModelPool:
                     model_version=model.version.version if model else None,
                     loaded=model is not None,
                     shadow=name in endpoint.shadow,
+                    batching=None if policy is None else policy.enabled,
+                    batching_reason=None if policy is None else policy.reason,
                 )
             )
         return statuses

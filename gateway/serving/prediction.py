@@ -18,56 +18,47 @@ import pandas as pd
 from gateway.core.errors import GatewayError
 from gateway.core.routing import choose_random, choose_sticky_many
 from gateway.protocol import payload
-from gateway.protocol.frame_plan import FramePlan
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Served:
-    """What one variant computed for a request: its part of the rows and their predictions."""
+class Part:
+    """What one variant did for a request: its rows, their predictions, and the time it took."""
 
     variant: str
-    model: LoadedModel
+    model_version: str
     rows: int
-    predictions: list[Any] | None  # per row, when the request was split; else None
+    # Per row, when the request's rows were split between variants; else None.
+    predictions: list[Any] | None = None
+    # Time in the model's `predict` call, and waiting before the worker thread took the request.
+    predict_seconds: float | None = None
+    queue_seconds: float | None = None
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The encoded answer and who served which rows."""
+    """A request's encoded answer and the part each variant had in it."""
 
     body: bytes
-    served: list[Served]
-    seconds: float
-
-
-def parse(model: LoadedModel, body_format: payload.Format, body: bytes) -> payload.ModelInput:
-    """The request as the model's input, typed by its signature."""
-    if body_format is payload.Format.JSON:
-        document = payload.decode_json(body)
-        return payload.parse_json(document, model.metadata, model.input_schema, model.frame_plan)
-    if body_format is payload.Format.CSV:
-        return payload.parse_csv(body, model.input_schema)
-    return payload.parse_parquet(body)
+    parts: tuple[Part, ...]
 
 
 def predict_one(
-    variant: str, model: LoadedModel, body_format: payload.Format, body: bytes
+    variant: str,
+    model: LoadedModel,
+    body_format: payload.Format,
+    body: bytes,
+    queued_at: float | None = None,
 ) -> Prediction:
     """Parse and predict a whole request on one variant's model."""
-    started = time.perf_counter()
-    model_input = parse(model, body_format, body)
-    encoded = predict_parsed(model, model_input)
-    rows = row_count(model_input.data)
-    return Prediction(encoded, [Served(variant, model, rows, None)], time.perf_counter() - started)
-
-
-def predict_parsed(model: LoadedModel, model_input: payload.ModelInput) -> bytes:
-    """Predict parsed input and encode the answer."""
-    raw = predict_raw(model, model_input.data, model_input.params, model_input.plan)
-    return payload.encode_predictions(raw, model_input.unwrapped)
+    queue = None if queued_at is None else time.perf_counter() - queued_at
+    model_input = payload.parse(model.spec, body_format, body)
+    raw, seconds = predict_raw(model, model_input.frame(), model_input.params, model_input.plan)
+    encoded = payload.encode_predictions(raw, model_input.unwrapped)
+    part = Part(variant, model.version.version, model_input.row_count, None, seconds, queue)
+    return Prediction(encoded, (part,))
 
 
 def predict_by_row(
@@ -78,55 +69,47 @@ def predict_by_row(
     body_format: payload.Format,
     body: bytes,
     rng: random.Random,
+    queued_at: float | None = None,
 ) -> Prediction:
     """Route each row by its user key in `field`, predict each group, answer in row order."""
-    started = time.perf_counter()
+    queue = None if queued_at is None else time.perf_counter() - queued_at
     first = models[next(iter(weights))]
-    model_input = parse(first, body_format, body)
-    frame = model_input.data
+    model_input = payload.parse(first.spec, body_format, body)
+    frame = model_input.frame()
     if not isinstance(frame, pd.DataFrame) or field not in frame.columns:
         raise GatewayError(
             "BAD_REQUEST",
             f"Endpoint '{endpoint}' routes each row by its '{field}' column, which the request lacks.",
         )
-    assignment = _assign(endpoint, frame[field], weights, rng)
+    keys = frame[field]
+    if not isinstance(keys, pd.Series):  # the column appears more than once
+        raise GatewayError(
+            "BAD_REQUEST",
+            f"Endpoint '{endpoint}' routes each row by its '{field}' column, "
+            "which the request has more than once.",
+        )
     groups: dict[str, list[int]] = {}
-    for row, variant in enumerate(assignment):
+    for row, variant in enumerate(_assign(endpoint, keys, weights, rng)):
         groups.setdefault(variant, []).append(row)
     if len(groups) == 1:
         (variant,) = groups
-        raw = predict_raw(models[variant], frame, model_input.params, model_input.plan)
+        model = models[variant]
+        raw, seconds = predict_raw(model, frame, model_input.params, model_input.plan)
         encoded = payload.encode_predictions(raw, model_input.unwrapped)
-        return Prediction(
-            encoded,
-            [Served(variant, models[variant], len(frame), None)],
-            time.perf_counter() - started,
-        )
+        part = Part(variant, model.version.version, len(frame), None, seconds, queue)
+        return Prediction(encoded, (part,))
     merged: list[Any] = [None] * len(frame)
-    served = []
+    parts = []
     for variant, rows in groups.items():
-        part = frame.iloc[rows].reset_index(drop=True)
-        raw = predict_raw(models[variant], part, model_input.params, model_input.plan)
-        predictions = per_row(raw, len(rows))
+        model = models[variant]
+        subset = frame.iloc[rows].reset_index(drop=True)
+        raw, seconds = predict_raw(model, subset, model_input.params, model_input.plan)
+        predictions = payload.per_row(raw, len(rows))
         for row, prediction in zip(rows, predictions, strict=True):
             merged[row] = prediction
-        served.append(Served(variant, models[variant], len(rows), predictions))
+        parts.append(Part(variant, model.version.version, len(rows), predictions, seconds, queue))
     encoded = payload.encode_predictions(merged, model_input.unwrapped)
-    return Prediction(encoded, served, time.perf_counter() - started)
-
-
-def per_row(raw: Any, rows: int) -> list[Any]:
-    """Predictions as one JSON-ready item a row, as MLflow would write them."""
-    from mlflow.utils.proto_json_utils import _get_jsonable_obj
-
-    items = _get_jsonable_obj(raw, pandas_orient="records")
-    if not isinstance(items, list) or len(items) != rows:
-        raise GatewayError(
-            "BAD_REQUEST",
-            "The model's output cannot be split by row, so this endpoint cannot route rows "
-            "separately; use a sticky header instead.",
-        )
-    return items
+    return Prediction(encoded, tuple(parts))
 
 
 def count_differences(served: Sequence[Any], shadow: Sequence[Any]) -> tuple[int, int]:
@@ -166,17 +149,18 @@ def _assign(
 
 
 def predict_raw(
-    model: LoadedModel, data: Any, params: dict[str, Any] | None, plan: FramePlan | None = None
-) -> Any:
-    """The model's raw predictions; a frame built by the model's own plan skips schema enforcement.
+    model: LoadedModel, data: Any, params: dict[str, Any] | None, plan: Any = None
+) -> tuple[Any, float]:
+    """The model's raw predictions and the seconds `predict` took.
 
-    Any plan with the same signature is the model's own: a frame that variant A's plan built is
-    exact for variant B too when both have the same signature, and enforced as usual otherwise.
+    A frame built by a frame plan equal to the model's own skips MLflow's schema enforcement:
+    variant A's plan builds exactly what variant B's would when both have the same signature.
     """
-    exact = plan is not None and plan == model.frame_plan and model.planned_pyfunc is not None
+    exact = plan is not None and plan == model.spec.plan and model.planned_pyfunc is not None
     pyfunc = model.planned_pyfunc if exact else model.pyfunc
+    started = time.perf_counter()
     try:
-        return pyfunc.predict(data, params=params)
+        raw = pyfunc.predict(data, params=params)
     except Exception as exc:
         error = payload.predict_error(exc)
         logger.warning(
@@ -186,15 +170,8 @@ def predict_raw(
             exc_info=not _is_mlflow(exc),
         )
         raise error from exc
+    return raw, time.perf_counter() - started
 
 
 def _is_mlflow(exc: Exception) -> bool:
     return type(exc).__module__.startswith("mlflow")
-
-
-def row_count(data: Any) -> int:
-    """Rows in a model input (1 for something without a length)."""
-    try:
-        return len(data)
-    except TypeError:
-        return 1

@@ -1,6 +1,5 @@
 """The only module that talks to MLflow: resolve aliases, versions and stages; load pyfunc models."""
 
-import copy
 import logging
 import warnings
 from dataclasses import dataclass
@@ -8,13 +7,12 @@ from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.models.utils import _enforce_schema
 from mlflow.tracking import MlflowClient
 
 from gateway.core.config import Variant
-from gateway.protocol.frame_plan import FramePlan, make_plan
-from gateway.protocol.payload import parse_json
+from gateway.protocol import compat
+from gateway.protocol.frame_plan import make_plan
+from gateway.protocol.payload import InputSpec, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +45,15 @@ class ModelState:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A pyfunc model in memory with the parts of its metadata that parsing needs."""
+    """A pyfunc model in memory with what parsing needs of it (its metadata, schema, frame plan)."""
 
     version: ModelVersion
     pyfunc: Any
-    metadata: Any
-    input_schema: Any
-    # The fast, exact way to this model's DataFrame for common requests; None: MLflow's way only.
-    frame_plan: FramePlan | None = None
-    # The same model without input-schema enforcement, for the plan's frames only (see `_planned`).
+    spec: InputSpec
+    # The same model without input-schema enforcement, for its frame plan's frames only.
     planned_pyfunc: Any = None
+    # MLflow's pyfunc loader module (`mlflow.sklearn`, `mlflow.pyfunc.model`, ...): the flavor.
+    loader_module: str | None = None
 
 
 class Registry:
@@ -134,37 +131,23 @@ class Registry:
 
         def reference(document: dict[str, Any]) -> Any:
             # What `predict` hands the model: MLflow's parse, then its schema enforcement.
-            return _enforce_schema(parse_json(document, metadata, schema).data, schema)
+            return compat.enforce_schema(parse_json(document, metadata, schema).data, schema)
 
         plan = make_plan(metadata, schema, reference)
         return LoadedModel(
             version=version,
             pyfunc=pyfunc,
-            metadata=metadata,
-            input_schema=schema,
-            frame_plan=plan,
-            planned_pyfunc=None if plan is None else _planned(pyfunc),
+            spec=InputSpec(metadata, schema, plan),
+            planned_pyfunc=None if plan is None else compat.without_input_enforcement(pyfunc),
+            loader_module=_loader_module(metadata),
         )
 
 
-def _planned(pyfunc: Any) -> Any:
-    """The same pyfunc model, sharing its implementation, minus the input-schema enforcement.
-
-    Only frames built by the model's FramePlan go to it: they are already exactly what MLflow's
-    enforcement returns (columns in the signature's order, the signature's dtypes), so enforcing
-    again would change nothing and cost ~0.3 ms a call. Everything else `predict` does (params
-    enforcement, prediction context, tracing) is MLflow's own code, unchanged.
-    """
-    metadata = copy.copy(pyfunc.metadata)
-    signature = metadata.signature
-    metadata.signature = (
-        None
-        if signature.outputs is None and signature.params is None
-        else ModelSignature(inputs=None, outputs=signature.outputs, params=signature.params)
-    )
-    planned = copy.copy(pyfunc)
-    planned._model_meta = metadata
-    return planned
+def _loader_module(metadata: Any) -> str | None:
+    """The pyfunc flavor's loader module, as the model's MLmodel file names it."""
+    flavors = getattr(metadata, "flavors", None) or {}
+    module = flavors.get("python_function", {}).get("loader_module")
+    return module if isinstance(module, str) else None
 
 
 def _first_line(text: str) -> str:

@@ -1,51 +1,28 @@
-"""One invocation, protocol-agnostic: route, parse and predict off the loop, answer, account for it."""
+"""One invocation, protocol-agnostic: route it, parse and predict off the loop, account for it once."""
 
 import asyncio
-import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from functools import partial
 
 from gateway.core.config import Endpoint, GatewayConfig
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, internal_error
 from gateway.core.routing import Routing, choose_random, choose_sticky
-from gateway.observe import metrics
-from gateway.observe.log_writer import InferenceLogWriter
 from gateway.protocol import payload
-from gateway.serving.accounting import UNKNOWN, Accountant, Answer, count
+from gateway.serving.accounting import Accountant
 from gateway.serving.batching import Batcher
-from gateway.serving.pool import ModelPool
-from gateway.serving.prediction import Prediction, Served, predict_by_row, predict_one
+from gateway.serving.outcome import Decision, Invocation, Outcome
+from gateway.serving.pool import ModelPool, policy_of
+from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
 from gateway.serving.registry import LoadedModel
 from gateway.serving.shadow import ShadowRunner
 
 logger = logging.getLogger(__name__)
 
 FORCE_HEADER = "x-gateway-variant"
-CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Which variant serves a request, and why; no variant when each row is routed on its own."""
-
-    variant: str | None
-    routing: Routing
-    split: Mapping[str, int]
-    user_key: str | None = None
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What to answer: status, JSON body and headers."""
-
-    status_code: int
-    body: bytes
-    headers: dict[str, str]
 
 
 class InvocationService:
@@ -56,20 +33,18 @@ class InvocationService:
         config: GatewayConfig,
         pool: ModelPool,
         executor: Executor,
+        accountant: Accountant,
         *,
         shadow: ShadowRunner | None = None,
-        log_writer: InferenceLogWriter | None = None,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
         self._pool = pool
         self._executor = executor
+        self._accountant = accountant
         self._shadow = shadow
-        self._accountant = Accountant(config, pool, log_writer)
-        self._batchers: dict[tuple[str, str], Batcher] = {}
+        self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
         self._rng = rng or random.Random()
-        self._clock = clock
         self._metrics = config.metrics.enabled
 
     def endpoint(self, name: str | None) -> Endpoint:
@@ -80,7 +55,7 @@ class InvocationService:
         if endpoint is None:
             known = ", ".join(endpoint.name for endpoint in self._config.endpoints)
             raise GatewayError(
-                "ENDPOINT_NOT_FOUND", f"No endpoint named '{name}'. Endpoints: {known}."
+                "ENDPOINT_NOT_FOUND", f"No endpoint named '{name[:64]}'. Endpoints: {known}."
             )
         return endpoint
 
@@ -112,91 +87,73 @@ class InvocationService:
         if forced not in names:
             raise GatewayError(
                 "INVALID_PARAMETER_VALUE",
-                f"Unknown variant '{forced[:64]}' in the {FORCE_HEADER} header; "
+                f"Unknown variant in the {FORCE_HEADER} header; "
                 f"endpoint '{endpoint.name}' has: {', '.join(names)}.",
             )
         return forced
 
-    async def handle(
-        self,
-        endpoint_name: str | None,
-        read_body: Callable[[], Awaitable[bytes]],
-        content_type: str | None,
-        headers: Mapping[str, str],
-        request_id: str,
-    ) -> Reply:
-        """Answer one invocation, never raising for a client's mistake; record metrics and log."""
-        started, wall = time.perf_counter(), self._clock()
+    async def invoke(self, invocation: Invocation) -> Outcome:
+        """Answer one invocation; whatever happens, the outcome is counted and recorded once."""
         endpoint: Endpoint | None = None
         decision: Decision | None = None
         prediction: Prediction | None = None
-        body = b""
-        label = self._label(endpoint_name)
-        if self._metrics:
-            metrics.in_flight(label).inc()
+        error: GatewayError | None = None
+        gauge = self._accountant.in_flight(invocation.endpoint)
         try:
-            endpoint = self.endpoint(endpoint_name)
-            body = await read_body()
-            body_format = payload.parse_media_type(content_type)
-            decision = self.decide(endpoint, headers)
-            prediction = await self._run(endpoint, decision, body_format, body)
-            reply = Reply(200, prediction.body, _served_headers(request_id, prediction.served))
-        except GatewayError as error:
-            served = self._attempted(endpoint, decision)
-            reply = Reply(
-                error.status_code,
-                json.dumps(error.to_dict()).encode(),
-                _served_headers(request_id, served),
-            )
+            endpoint = self.endpoint(invocation.endpoint)
+            body_format = payload.parse_media_type(invocation.content_type)
+            decision = self.decide(endpoint, invocation.headers)
+            prediction = await self._run(endpoint, decision, body_format, invocation.body)
+        except GatewayError as exc:
+            error = exc
+        except asyncio.CancelledError:  # the server stops: still recorded, then cancelled
+            self.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled."))
+            raise
+        except Exception:  # a bug: counted and recorded like any other outcome
+            logger.exception("invocation %s failed", invocation.request_id)
+            error = internal_error()
         finally:
-            if self._metrics:
-                metrics.in_flight(label).dec()
-        duration = time.perf_counter() - started
-        served = prediction.served if prediction else self._attempted(endpoint, decision)
-        if self._metrics:
-            count(label, served, reply.status_code, duration, prediction)
-        if endpoint is not None:
-            answer = Answer(
-                request_id=request_id,
-                wall=wall,
-                endpoint=endpoint,
-                routing=decision.routing if decision else None,
-                user_key=decision.user_key if decision else None,
-                split=decision.split if decision else None,
-                client_request_id=headers.get(CLIENT_REQUEST_ID_HEADER),
-                status_code=reply.status_code,
-                reply_body=reply.body,
-                duration=duration,
-                body=body,
-                content_type=content_type,
-            )
-            self._accountant.log(answer, served)
-            if prediction is not None and self._shadow is not None and endpoint.shadow:
-                report = partial(self._accountant.log_shadow, answer)
-                self._shadow.mirror(endpoint, body_format, body, prediction.body, report)
-        return reply
+            gauge.release()
+        outcome = Outcome(
+            invocation,
+            endpoint,
+            decision,
+            prediction.parts if prediction else self._attempted(endpoint, decision),
+            prediction.body if prediction else None,
+            error,
+            time.perf_counter() - invocation.started,
+        )
+        self._accountant.record(outcome)
+        if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
+            self._shadow.mirror(outcome, body_format)
+        return outcome
+
+    def refuse(self, invocation: Invocation, error: GatewayError) -> Outcome:
+        """Account for an invocation refused before it could be served (body too large, client gone)."""
+        try:
+            endpoint: Endpoint | None = self.endpoint(invocation.endpoint)
+        except GatewayError:
+            endpoint = None
+        duration = time.perf_counter() - invocation.started
+        outcome = Outcome(invocation, endpoint, None, (), None, error, duration)
+        self._accountant.record(outcome)
+        return outcome
 
     async def _run(
         self, endpoint: Endpoint, decision: Decision, body_format: payload.Format, body: bytes
     ) -> Prediction:
         """Predict in a worker thread, within the request timeout."""
-        if decision.variant is not None and endpoint.batching is not None:
-            model = self._model(endpoint, decision.variant)
-            batched = self._batched(endpoint, decision.variant, model, body_format, body)
-            return await self._within_timeout(batched)
+        queued_at = time.perf_counter()
         if decision.variant is not None:
-            work = partial(
-                predict_one,
-                decision.variant,
-                self._model(endpoint, decision.variant),
-                body_format,
-                body,
-            )
+            model = self._model(endpoint, decision.variant)
+            batcher = self._batcher(endpoint, decision.variant, model)
+            if batcher is not None:
+                return await self._within_timeout(batcher.predict(body_format, body))
+            work = partial(predict_one, decision.variant, model, body_format, body, queued_at)
         else:
             assert endpoint.sticky is not None
             assert endpoint.sticky.field is not None
-            live = self._pool.weights(endpoint.name)
-            weights = {name: weight for name, weight in live.items() if weight > 0}
+            weights = {name: weight for name, weight in decision.split.items() if weight > 0}
             models = {name: self._model(endpoint, name) for name in weights}
             work = partial(
                 predict_by_row,
@@ -207,30 +164,24 @@ class InvocationService:
                 body_format,
                 body,
                 self._rng,
+                queued_at,
             )
         loop = asyncio.get_running_loop()
         return await self._within_timeout(loop.run_in_executor(self._executor, work))
 
-    async def _batched(
-        self,
-        endpoint: Endpoint,
-        variant: str,
-        model: LoadedModel,
-        body_format: payload.Format,
-        body: bytes,
-    ) -> Prediction:
-        """Parse and predict together with concurrent requests; a bad request fails alone."""
-        started = time.perf_counter()
-        batcher = self._batchers.get((endpoint.name, variant))
-        if batcher is None or batcher.model is not model:
-            assert endpoint.batching is not None
-            # A swapped version gets a batcher of its own; the old one ends with its last batch.
-            labels = (endpoint.name, variant) if self._metrics else None
-            batcher = Batcher(model, self._executor, endpoint.batching, labels)
-            self._batchers[(endpoint.name, variant)] = batcher
-        batched = await batcher.predict(body_format, body)
-        served = Served(variant, model, batched.rows, None)
-        return Prediction(batched.body, [served], time.perf_counter() - started)
+    def _batcher(self, endpoint: Endpoint, variant: str, model: LoadedModel) -> Batcher | None:
+        """The variant's batcher, or None when its model is not batched (decided once a version)."""
+        known = self._batchers.get((endpoint.name, variant))
+        if known is not None and known[0] is model:
+            return known[1]
+        # A swapped version gets a batcher of its own; the old one ends with its last batch.
+        settings = policy_of(endpoint, model).settings
+        labels = (endpoint.name, variant) if self._metrics else None
+        batcher = (
+            None if settings is None else Batcher(variant, model, self._executor, settings, labels)
+        )
+        self._batchers[(endpoint.name, variant)] = (model, batcher)
+        return batcher
 
     async def _within_timeout(self, work: Awaitable[Prediction]) -> Prediction:
         # asyncio.timeout cancels this task's await on expiry; wait_for would wrap `work` in a
@@ -254,23 +205,9 @@ class InvocationService:
             )
         return model
 
-    def _attempted(self, endpoint: Endpoint | None, decision: Decision | None) -> list[Served]:
+    def _attempted(self, endpoint: Endpoint | None, decision: Decision | None) -> tuple[Part, ...]:
         """What a failed request was routed to, for its headers, metrics and log record."""
         if endpoint is None or decision is None or decision.variant is None:
-            return []
+            return ()
         model = self._pool.get(endpoint.name, decision.variant)
-        return [] if model is None else [Served(decision.variant, model, 0, None)]
-
-    def _label(self, endpoint_name: str | None) -> str:
-        if endpoint_name is None:
-            return self._config.endpoints[0].name
-        return endpoint_name if self._config.endpoint(endpoint_name) is not None else UNKNOWN
-
-
-def _served_headers(request_id: str, served: list[Served]) -> dict[str, str]:
-    """The response headers; a request whose rows were split names every variant, comma-separated."""
-    headers = {"x-request-id": request_id}
-    if served:
-        headers["x-gateway-variant"] = ",".join(part.variant for part in served)
-        headers["x-gateway-model-version"] = ",".join(part.model.version.version for part in served)
-    return headers
+        return () if model is None else (Part(decision.variant, model.version.version, 0),)

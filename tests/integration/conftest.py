@@ -19,6 +19,7 @@ from gateway.http.app import create_app
 from gateway.http.server import NoDelayHTTPProtocol, bind
 from gateway.observe.log_writer import InferenceLogWriter
 from gateway.serving.registry import Registry
+from gateway.serving.runtime import build_runtime
 
 DEADLINE_SECONDS = 60.0
 
@@ -75,7 +76,7 @@ def running_gateway(
     """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = create_app(config, registry=registry, log_writer=log_writer)
+    app = create_app(build_runtime(config, registry=registry, log_writer=log_writer))
     server = uvicorn.Server(
         uvicorn.Config(app, http=NoDelayHTTPProtocol, log_config=None, access_log=False)
     )

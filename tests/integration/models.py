@@ -79,3 +79,28 @@ class BatchProbeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
             raise ValueError("poisoned row")
         predictions = (tenure * 10 + model_input["support_calls"].astype(int)).tolist()
         return [object() if t == 14 else p for t, p in zip(tenure, predictions, strict=True)]
+
+
+# Shadow predictions of ShadowProbeModel: how many started, and the gate they wait at.
+SHADOW_CALLS: list[int] = []
+SHADOW_GATE = threading.Event()
+SHADOW_GATE.set()
+
+
+class ShadowProbeModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Counts its predict calls and waits at SHADOW_GATE: a shadow that is blocked on demand."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        SHADOW_CALLS.append(len(model_input))
+        if not SHADOW_GATE.wait(60):
+            raise TimeoutError("the test never opened the shadow gate")
+        return [1] * len(model_input)
+
+
+class BuggyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Raises a plain Python exception for `tenure_months` 13; predicts 1 otherwise."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        if (model_input["tenure_months"].astype(int) == 13).any():
+            raise ZeroDivisionError("a bug in the model")
+        return [1] * len(model_input)

@@ -2,7 +2,6 @@
 
 import re
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
@@ -10,6 +9,7 @@ import pytest
 
 from gateway.commands.demo import FEATURES
 from gateway.core.config import GatewayConfig
+from tests.helpers import sample, scrape
 from tests.integration import models
 from tests.integration.conftest import running_gateway, wait_until
 
@@ -100,63 +100,6 @@ def test_concurrent_requests_share_a_predict_call_and_each_gets_its_own_answer(
             assert answers[name].json() == {"predictions": [t * 10 + t % 4 for t in tenures]}
 
 
-def test_a_request_whose_answer_cannot_be_encoded_fails_alone_in_its_batch(
-    make_config: Callable[..., GatewayConfig], probe: str
-) -> None:
-    requests = {"a": [21, 22], "unencodable": [14], "b": [23]}
-    with running_gateway(_config(make_config, probe)) as url:
-        answers = _send_behind_a_held_batch(url, requests)
-    # One merged call predicted every row; only the request with the unencodable answer failed.
-    assert models.BATCH_CALLS == [1, 4]
-    assert answers["unencodable"].status_code == 500
-    assert answers["unencodable"].json()["error_code"] == "INTERNAL_ERROR"
-    assert answers["a"].json() == {"predictions": [211, 222]}
-    assert answers["b"].json() == {"predictions": [233]}
-
-
-def _post_in_thread(url: str, tenure: int, answers: dict[int, httpx.Response]) -> threading.Thread:
-    def send() -> None:
-        answers[tenure] = httpx.post(f"{url}/invocations", json=_body([tenure]), timeout=60)
-
-    thread = threading.Thread(target=send)
-    thread.start()
-    return thread
-
-
-def test_under_load_a_batch_waits_until_it_is_as_large_as_the_last_one(
-    make_config: Callable[..., GatewayConfig], probe: str
-) -> None:
-    with running_gateway(_config(make_config, probe, max_wait_ms=1_000)) as url:
-        _send_behind_a_held_batch(url, {"a": [21], "b": [22], "c": [23]})
-        # The last batch had three requests and was answered just now: the next request waits
-        # for two more (at most 1 s) instead of going alone.
-        answers: dict[int, httpx.Response] = {}
-        alone = _post_in_thread(url, 24, answers)
-        time.sleep(0.15)
-        others = [_post_in_thread(url, tenure, answers) for tenure in (25, 26)]
-        for thread in [alone, *others]:
-            thread.join(60)
-    assert models.BATCH_CALLS == [1, 3, 3]
-    assert {t: answers[t].json() for t in answers} == {
-        t: {"predictions": [t * 10 + t % 4]} for t in (24, 25, 26)
-    }
-
-
-def test_a_request_after_the_batcher_was_idle_longer_than_max_wait_ms_does_not_wait(
-    make_config: Callable[..., GatewayConfig], probe: str
-) -> None:
-    with running_gateway(_config(make_config, probe, max_wait_ms=1_000)) as url:
-        _send_behind_a_held_batch(url, {"a": [21], "b": [22], "c": [23]})
-        time.sleep(1.2)
-        started = time.monotonic()
-        response = httpx.post(f"{url}/invocations", json=_body([27]), timeout=60)
-        elapsed = time.monotonic() - started
-    assert response.json() == {"predictions": [273]}
-    assert models.BATCH_CALLS == [1, 3, 1]
-    # Held for company it would have waited the whole second; alone it takes milliseconds.
-    assert elapsed < 0.9
-
-
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "unbatched"])
 def test_a_prediction_past_the_request_timeout_is_a_504_and_serving_goes_on(
     make_config: Callable[..., GatewayConfig], probe: str, batching: bool
@@ -182,16 +125,6 @@ def test_a_prediction_past_the_request_timeout_is_a_504_and_serving_goes_on(
         }
         # The stuck prediction finished in its thread and was discarded; the next one is served.
         assert httpx.post(f"{url}/invocations", json=_body([5])).json() == {"predictions": [51]}
-
-
-def test_a_request_alone_is_predicted_at_once(
-    make_config: Callable[..., GatewayConfig], probe: str
-) -> None:
-    models.BATCH_CALLS.clear()
-    with running_gateway(_config(make_config, probe)) as url:
-        response = httpx.post(f"{url}/invocations", json=_body([5, 6]))
-    assert response.json() == {"predictions": [51, 62]}
-    assert models.BATCH_CALLS == [2]
 
 
 def test_batching_answers_match_mlflow_bytes_for_the_demo_model(
@@ -223,3 +156,31 @@ def test_batching_answers_match_mlflow_bytes_for_the_demo_model(
         for thread in threads:
             thread.join(60)
     assert results == expected
+
+
+def test_auto_batches_a_scikit_learn_model_and_leaves_a_custom_pyfunc_alone(
+    make_config: Callable[..., GatewayConfig], probe: str
+) -> None:
+    config = make_config(
+        [
+            {"name": "churn", "model": "churn", "variants": [{"alias": "champion"}]},
+            {"name": probe, "model": probe, "variants": [{"alias": "champion"}]},
+        ]
+    )
+    with running_gateway(config) as url:
+        before = scrape(url)
+        for endpoint in ("churn", probe):
+            response = httpx.post(f"{url}/endpoints/{endpoint}/invocations", json=_body([5]))
+            assert response.status_code == 200
+        after = scrape(url)
+        described = {e["name"]: e["variants"][0] for e in httpx.get(f"{url}/endpoints").json()}
+    assert described["churn"]["batching"] is True
+    assert "scikit-learn predicts each row independently" in described["churn"]["batching_reason"]
+    assert described[probe]["batching"] is False
+    assert "custom python_function" in described[probe]["batching_reason"]
+    batched = {
+        endpoint: sample(after, "gateway_batch_rows_count", endpoint=endpoint)
+        - sample(before, "gateway_batch_rows_count", endpoint=endpoint)
+        for endpoint in ("churn", probe)
+    }
+    assert batched == {"churn": 1, probe: 0}

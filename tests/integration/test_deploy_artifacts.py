@@ -60,7 +60,10 @@ def _manifest(kind: str) -> dict[str, Any]:
 
 
 def _gateway_container() -> dict[str, Any]:
-    (container,) = _manifest("Deployment")["spec"]["template"]["spec"]["containers"]
+    containers: list[dict[str, Any]] = _manifest("Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    (container,) = containers
     return container
 
 
@@ -69,7 +72,8 @@ def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _compose() -> dict[str, Any]:
-    return yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    compose: dict[str, Any] = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+    return compose
 
 
 def _interpolated(value: str) -> str:
@@ -158,7 +162,8 @@ def _parsed(expression: str) -> promql_parser.Expr:
 
 def _nodes(expression: promql_parser.Expr) -> list[promql_parser.Expr]:
     nodes: list[promql_parser.Expr] = []
-    promql_parser.walk(expression, lambda node: nodes.append(node) or True)
+    # A visitor returning None continues the walk.
+    promql_parser.walk(expression, nodes.append)
     return nodes
 
 
@@ -186,8 +191,8 @@ def _grouping_problems(expression: promql_parser.Expr) -> list[str]:
         elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
             matching = node.modifier.matching
             used = set(matching.labels if matching else []) | set(node.modifier.group_labels or [])
-            sides = [_labels_available(node.lhs), _labels_available(node.rhs)]
-            available = None if None in sides else set().union(*sides)
+            lhs, rhs = _labels_available(node.lhs), _labels_available(node.rhs)
+            available = None if lhs is None or rhs is None else lhs | rhs
         else:
             continue
         if available is not None and used - available:
@@ -389,6 +394,7 @@ def test_expression_uses_only_metrics_and_labels_the_gateway_exports(expression:
     exported = _exported_metrics()
     parsed = _parsed(expression)
     for selector in _selectors(parsed):
+        assert selector.name is not None, expression
         if not selector.name.startswith("gateway_"):
             continue
         assert selector.name in exported, selector.name
@@ -428,9 +434,9 @@ def test_dashboard_variables_query_exported_labels() -> None:
     for variable in json.loads(DASHBOARD.read_text())["templating"]["list"]:
         if variable["type"] != "query":
             continue
-        metric, label = re.fullmatch(
-            r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"]
-        ).groups()
+        match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"]["query"])
+        assert match is not None, variable["query"]["query"]
+        metric, label = match.groups()
         assert label in exported[metric], variable["name"]
 
 

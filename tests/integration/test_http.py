@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import mlflow
 import pytest
 
 from gateway.core.config import GatewayConfig
@@ -24,8 +25,8 @@ def invoke(
 def test_ping_version_and_health_answer(gateway_url: str) -> None:
     assert httpx.get(f"{gateway_url}/ping").status_code == 200
     assert httpx.get(f"{gateway_url}/health").status_code == 200
-    version = httpx.get(f"{gateway_url}/version").json()
-    assert set(version) == {"gateway", "mlflow"}
+    version = httpx.get(f"{gateway_url}/version")
+    assert version.text == mlflow.__version__
 
 
 def test_endpoints_lists_variants_versions_and_weights(gateway_url: str) -> None:
@@ -86,7 +87,7 @@ def test_forcing_an_unknown_variant_is_a_400_naming_the_valid_ones(gateway_url: 
     response = invoke(gateway_url, {"x-gateway-variant": "candidate"})
     assert response.status_code == 400
     assert response.json()["message"] == (
-        "Unknown variant 'candidate' in the x-gateway-variant header; endpoint 'churn' has: champion, challenger."
+        "Unknown variant in the x-gateway-variant header; endpoint 'churn' has: champion, challenger."
     )
 
 

@@ -150,7 +150,15 @@ def postgres_uri() -> Iterator[str]:
     log = (base / "postgres.log").open("wb")
     process = None
     try:
-        initdb = [bindir / "initdb", "-D", data, "-U", "mlflow", "--auth=trust", "--no-sync"]
+        initdb: list[str | Path] = [
+            bindir / "initdb",
+            "-D",
+            data,
+            "-U",
+            "mlflow",
+            "--auth=trust",
+            "--no-sync",
+        ]
         subprocess.run(
             [*initdb, "--no-locale", "--encoding=UTF8"],
             cwd=base,
@@ -159,7 +167,17 @@ def postgres_uri() -> Iterator[str]:
             check=True,
             **run_as,
         )
-        server = [bindir / "postgres", "-D", data, "-k", base, "-p", str(port), "-h", "127.0.0.1"]
+        server: list[str | Path] = [
+            bindir / "postgres",
+            "-D",
+            data,
+            "-k",
+            base,
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+        ]
         # Durability is of no use to a cluster that lives for one test module.
         unsafe = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         process = subprocess.Popen(

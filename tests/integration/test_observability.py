@@ -109,7 +109,7 @@ def test_two_workers_log_every_request_once_and_count_it_exactly(
     )  # one writer a worker
     assert Counter(record["request_id"] for record in records) == Counter(list(sent))
     for record in records:
-        variant, version, status, routing = sent[record["request_id"]]
+        variant, version, status, sent_routing = sent[record["request_id"]]
         assert (
             record["variant"],
             record["model_version"],
@@ -119,7 +119,7 @@ def test_two_workers_log_every_request_once_and_count_it_exactly(
             variant,
             version,
             status,
-            routing,
+            sent_routing,
         )
         if status == 200:
             assert json.loads(record["response"])["predictions"] in ([0], [1])

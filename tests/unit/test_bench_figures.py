@@ -1,25 +1,10 @@
 """The benchmark's arithmetic: a cell's figures from its rounds, and the targets read from them."""
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-
-def _load_bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
-    spec = importlib.util.spec_from_file_location("bench", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("bench", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+from benchmarks.gatewaybench.figures import Result, Round, merge_rounds
+from benchmarks.gatewaybench.plan import FEATURE_ROWS_BY_KEY
+from benchmarks.gatewaybench.targets import EQUAL_WITHIN, Target, _memory_target, evaluate_targets
 
 
 def _round(
@@ -35,9 +20,9 @@ def _round(
     rss: float = 300.0,
     errors: int = 0,
     server: str = "gateway",
-) -> "bench.Result":
+) -> Result:
     requests = int(rps * 4)
-    return bench.Result(
+    return Result(
         server=server,
         workers=workers,
         connections=connections,
@@ -53,7 +38,7 @@ def _round(
         client_cpu_seconds=1.0,
         other_cpu_percent=0.0,
         steal_percent=0.0,
-        rounds=[bench.Round(requests, rps, p50, p99, rss)],
+        rounds=[Round(requests, rps, p50, p99, rss)],
     )
 
 
@@ -63,7 +48,7 @@ def test_a_cell_is_the_median_of_its_rounds_and_the_total_of_its_work() -> None:
         _round(400, p50=9.0, p99=30.0, cpu_ms=1.0, rss=310),  # a round the machine slowed
         _round(1100, p50=1.1, p99=2.5, cpu_ms=0.5, rss=305),
     ]
-    cell = bench.merge_rounds(rounds)
+    cell = merge_rounds(rounds)
     assert (cell.requests_per_second, cell.p50_ms, cell.p99_ms) == (1000, 1.1, 3.0)
     assert (cell.requests, cell.errors, cell.rss_mib_per_worker) == (10_000, 1, 310)
     # CPU per request over all the rounds' requests, not a median.
@@ -71,34 +56,34 @@ def test_a_cell_is_the_median_of_its_rounds_and_the_total_of_its_work() -> None:
     assert [r.requests_per_second for r in cell.rounds] == [1000, 400, 1100]
 
 
-def _workers_target(one_rps: float, two_rps: float) -> "bench.Target":
+def _workers_target(one_rps: float, two_rps: float) -> Target:
     results = [
         _round(one_rps, workers=1, connections=1),
         _round(two_rps, workers=2, connections=1),
     ]
-    return next(t for t in bench.evaluate_targets(results) if "--workers 2" in t.goal)
+    return next(t for t in evaluate_targets(results) if "--workers 2" in t.goal)
 
 
 def test_workers_2_within_the_noise_band_of_workers_1_is_not_slower() -> None:
-    target = _workers_target(1000, 1000 * (1 - bench.EQUAL_WITHIN / 2))
+    target = _workers_target(1000, 1000 * (1 - EQUAL_WITHIN / 2))
     assert target.met
     assert "slower" not in target.detail
 
 
 def test_workers_2_below_the_noise_band_is_slower() -> None:
-    target = _workers_target(1000, 1000 * (1 - bench.EQUAL_WITHIN * 2))
+    target = _workers_target(1000, 1000 * (1 - EQUAL_WITHIN * 2))
     assert not target.met
     assert target.detail.startswith("slower at 1 conns/1 rows: 940.0 vs 1000.0 req/s")
 
 
 def test_memory_compares_the_first_round_of_the_run_with_the_last() -> None:
-    matrix = bench.merge_rounds([_round(900, rss=300.0), _round(900, rss=301.0)])
-    row_a = bench.merge_rounds(
+    matrix = merge_rounds([_round(900, rss=300.0), _round(900, rss=301.0)])
+    row_a = merge_rounds(
         [
-            _round(900, features=bench.FEATURE_ROWS_BY_KEY["gateway-2"], rss=302.0),
-            _round(900, features=bench.FEATURE_ROWS_BY_KEY["gateway-2"], rss=309.0),
+            _round(900, features=FEATURE_ROWS_BY_KEY["gateway-2"], rss=302.0),
+            _round(900, features=FEATURE_ROWS_BY_KEY["gateway-2"], rss=309.0),
         ]
     )
-    (target,) = bench._memory_target([matrix, row_a])
+    (target,) = _memory_target([matrix, row_a])
     assert target.detail.startswith("300.0 -> 309.0 MiB (+9.0 MiB) after 10,800 more requests")
     assert not target.met  # 3% growth is over the 2% limit

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from gateway.core.config import ConfigError, load_config, parse_config
+from gateway.core.config import Batching, ConfigError, load_config, parse_config
 
 GOOD = textwrap.dedent(
     """
@@ -47,7 +47,7 @@ def test_design_example_loads_with_every_documented_key() -> None:
     assert churn.shadow == ("candidate",)
     assert churn.sticky is not None
     assert churn.sticky.header == "X-User-Id"
-    assert churn.batching is not None
+    assert isinstance(churn.batching, Batching)
     assert churn.batching.max_batch_size == 32
     assert [v.variant_name for v in fraud.variants] == ["v7", "production"]
     assert [v.reference for v in fraud.variants] == ["/7", "/Production"]
@@ -163,6 +163,15 @@ def test_every_problem_is_listed_with_its_path_at_once() -> None:
             "(top level): batching.max_wait_ms must be below request_timeout_seconds (500 ms): a (500 ms)",
         ),
         (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 0}}]",
+            "endpoints[0].batching.max_batch_size: must be a number >= 1, got 0",
+        ),
+        (
+            "endpoints: [{name: a, model: a, variants: [{alias: x}], batching: sometimes}]",
+            "endpoints[0].batching: must be auto, off or a mapping of max_batch_size and "
+            "max_wait_ms, got 'sometimes'",
+        ),
+        (
             "tracking_ur: x\nendpoints: [{name: a, model: a, variants: [{alias: x}]}]",
             "tracking_ur: unknown key (did you mean `tracking_uri`?)",
         ),
@@ -188,3 +197,10 @@ def test_config_is_frozen() -> None:
     config = parse_config(GOOD, {})
     with pytest.raises(ValueError, match="frozen"):
         config.endpoints[0].variants[0].weight = 5  # type: ignore[misc]
+
+
+def test_a_mapping_for_batching_reports_only_the_mappings_problem() -> None:
+    problems = problems_of(
+        "endpoints: [{name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 0}}]"
+    )
+    assert problems == ["endpoints[0].batching.max_batch_size: must be a number >= 1, got 0"]

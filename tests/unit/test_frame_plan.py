@@ -59,7 +59,7 @@ def random_document(rng: random.Random) -> dict[str, Any]:
     names = rng.sample(NAMES, k=len(NAMES)) if rng.random() < 0.5 else list(NAMES)
     if rng.random() < 0.1:
         names = names[:-1]
-    typed = {
+    typed: dict[str, list[object]] = {
         "age": [3, 40, 2**40],
         "income": [1.5, 2, 0.25],
         "plan": ["basic", "pro", ""],

@@ -1,5 +1,7 @@
 """The scoring protocol's parsing and encoding, with an in-memory model signature."""
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +10,8 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from gateway.core.errors import GatewayError
-from gateway.protocol import payload
+from gateway.protocol import compat, payload
+from gateway.protocol.frame_plan import make_plan
 
 SCHEMA = Schema([ColSpec("long", "age"), ColSpec("double", "income"), ColSpec("string", "plan")])
 METADATA = Model(signature=ModelSignature(inputs=SCHEMA))
@@ -87,7 +90,7 @@ def test_bad_json_is_a_400_that_does_not_quote_the_body(body: bytes, message: st
 
 def test_json_formats_give_the_same_frame() -> None:
     rows = [[30, 1000.5, "pro"], [40, 2000.0, "basic"]]
-    documents = [
+    documents: list[dict[str, Any]] = [
         {"dataframe_split": {"columns": ["age", "income", "plan"], "data": rows}},
         {
             "dataframe_records": [
@@ -185,3 +188,97 @@ def test_any_other_predict_failure_is_a_generic_400() -> None:
     error = payload.predict_error(ZeroDivisionError("model bug with data 123"))
     assert (error.status_code, error.error_code) == (400, "BAD_REQUEST")
     assert "123" not in error.message
+
+
+# What Databricks clients send beside the input: the SDK's `serving_endpoints.query` sends the
+# first two, MLflow's Databricks deployments client the third.
+CLIENT_FIELDS: dict[str, object] = {
+    "client_request_id": "abc-1",
+    "usage_context": {"team": "growth"},
+    "databricks_options": {"return_trace": True},
+}
+INPUT_OF_FORMAT: dict[str, dict[str, object]] = {
+    "dataframe_split": {
+        "dataframe_split": {"columns": ["age", "income", "plan"], "data": [[30, 1000.5, "pro"]]}
+    },
+    "dataframe_records": {"dataframe_records": [{"age": 30, "income": 1000.5, "plan": "pro"}]},
+    "instances": {"instances": [{"age": 30, "income": 1000.5, "plan": "pro"}]},
+    "inputs": {"inputs": {"age": [30], "income": [1000.5], "plan": ["pro"]}},
+}
+PLAN = make_plan(
+    METADATA,
+    SCHEMA,
+    lambda document: compat.enforce_schema(
+        payload.parse_json(document, METADATA, SCHEMA).data, SCHEMA
+    ),
+)
+
+
+def test_the_client_keys_are_the_documented_three() -> None:
+    assert frozenset(CLIENT_FIELDS) == payload.CLIENT_KEYS
+
+
+@pytest.fixture
+def mlflow_saw(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Every document handed to MLflow's parser."""
+    seen: list[dict[str, object]] = []
+    parse = compat.parse_json_document
+
+    def spy(document: dict[str, object], metadata: object, input_schema: object) -> object:
+        seen.append(dict(document))
+        return parse(document, metadata, input_schema)
+
+    monkeypatch.setattr(compat, "parse_json_document", spy)
+    return seen
+
+
+@pytest.mark.parametrize("planned", [False, True], ids=["mlflow", "plan"])
+@pytest.mark.parametrize("input_format", list(INPUT_OF_FORMAT))
+def test_client_fields_are_stripped_before_parsing_on_every_format_and_path(
+    input_format: str, planned: bool, mlflow_saw: list[dict[str, object]]
+) -> None:
+    plan = PLAN if planned else None
+    plain = INPUT_OF_FORMAT[input_format]
+    document = {**CLIENT_FIELDS, **plain}
+    parsed = payload.parse_json(document, METADATA, SCHEMA, plan)
+    expected = payload.parse_json(plain, METADATA, SCHEMA, plan)
+    # The fast path takes the dataframe formats with or without the fields; MLflow the others.
+    fast = planned and input_format.startswith("dataframe_")
+    assert (parsed.rows is not None, expected.rows is not None) == (fast, fast)
+    assert all(set(seen) == {input_format} for seen in mlflow_saw)
+    assert len(mlflow_saw) == (0 if fast else 2)
+    pd.testing.assert_frame_equal(
+        compat.enforce_schema(parsed.frame(), SCHEMA),
+        compat.enforce_schema(expected.frame(), SCHEMA),
+    )
+    assert parsed.params is None
+    # The caller's document, and so the logged body, keeps them.
+    assert document == {**CLIENT_FIELDS, **plain}
+
+
+@pytest.mark.parametrize("key", sorted(payload.CLIENT_KEYS))
+def test_each_client_field_alone_is_accepted_beside_params(key: str) -> None:
+    document = {key: CLIENT_FIELDS[key], **INPUT_OF_FORMAT["dataframe_records"], "params": {"k": 3}}
+    for plan in (None, PLAN):
+        assert payload.parse_json(document, METADATA, SCHEMA, plan).params == {"k": 3}
+
+
+def test_client_fields_alone_are_still_a_400_without_an_input() -> None:
+    error = error_of(payload.parse_json, dict(CLIENT_FIELDS), METADATA, SCHEMA)
+    assert error.status_code == 400
+    assert "Received dictionary with keys: none" in error.message
+
+
+def test_client_fields_never_reach_a_unified_llm_model() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    document = {"messages": messages, "temperature": 0.1, **CLIENT_FIELDS}
+    parsed = payload.parse_json(document, Model(), None)
+    assert parsed.unwrapped
+    assert parsed.data == {"messages": messages, "temperature": 0.1}
+
+
+def test_a_document_without_client_fields_is_not_copied() -> None:
+    document = INPUT_OF_FORMAT["dataframe_split"]
+    assert payload.without_client_keys(document) is document
+    stripped = payload.without_client_keys({**document, "usage_context": {}})
+    assert stripped == document

@@ -3,6 +3,7 @@
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -149,7 +150,7 @@ def test_an_unknown_column_is_named(
     tmp_path: Path,
     con: duckdb.DuckDBPyConnection,
     header: list[str],
-    options: dict[str, object],
+    options: dict[str, Any],
     message: str,
 ) -> None:
     path = write_csv(tmp_path / "o.csv", header, [["r1", 1]])

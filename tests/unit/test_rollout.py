@@ -5,9 +5,11 @@ import math
 import pytest
 
 from gateway.core.rollout import (
+    AUDIT_TAG_PREFIX,
     Action,
     Figures,
     Guard,
+    Verdict,
     canary_weights,
     format_weights,
     judge,
@@ -16,7 +18,9 @@ from gateway.core.rollout import (
     parse_steps,
     parse_weights,
     quantile,
+    with_quality,
 )
+from gateway.core.stats.decision import GateAction, GateDecision
 
 GUARD = Guard(min_requests=50, max_error_rate_increase=0.01, max_p99_ratio=1.5)
 
@@ -140,3 +144,35 @@ def test_quantile_interpolates_like_promql(
 ) -> None:
     result = quantile(buckets, q)
     assert result == expected if expected is None else result == pytest.approx(expected)
+
+
+def test_decisions_are_recorded_under_the_documented_tag_prefix() -> None:
+    assert AUDIT_TAG_PREFIX == "gateway.rollout."
+
+
+_ADVANCE = Verdict(Action.ADVANCE, ("operational ok",))
+_HOLD = Verdict(Action.HOLD, ("too few requests",))
+_ROLLBACK = Verdict(Action.ROLLBACK, ("error rate",))
+
+
+@pytest.mark.parametrize(
+    ("operational", "quality", "expected"),
+    [
+        (_ADVANCE, GateAction.ADVANCE, Action.ADVANCE),
+        (_ADVANCE, GateAction.HOLD, Action.HOLD),
+        (_ADVANCE, GateAction.ROLLBACK, Action.ROLLBACK),
+        (_HOLD, GateAction.ADVANCE, Action.HOLD),
+        (_HOLD, GateAction.ROLLBACK, Action.ROLLBACK),
+        (_ROLLBACK, GateAction.ADVANCE, Action.ROLLBACK),
+        (_ROLLBACK, GateAction.HOLD, Action.ROLLBACK),
+    ],
+)
+def test_the_canary_advances_only_when_the_guard_and_the_quality_gate_both_say_so(
+    operational: Verdict, quality: GateAction, expected: Action
+) -> None:
+    combined = with_quality(operational, GateDecision(quality, f"quality {quality}"))
+    assert combined.action is expected
+    if expected is Action.ROLLBACK and operational.action is not Action.ROLLBACK:
+        assert combined.reasons == (f"quality {quality}",)
+    if operational.action is Action.ROLLBACK:
+        assert combined == operational

@@ -61,7 +61,8 @@ def test_promote_reason_is_one_sentence_with_the_figures() -> None:
     )
     assert verdict.reason == (
         "The challenger is better: the always-valid interval for the improvement "
-        "[+0.012, +0.034] lies entirely above 0 (difference +0.02, p = 0.004)."
+        "[+0.012, +0.034] lies entirely above 0 "
+        "(challenger minus champion +0.02; two-proportion z-test p = 0.004)."
     )
 
 

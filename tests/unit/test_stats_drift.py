@@ -88,6 +88,8 @@ def test_identical_samples_have_zero_psi() -> None:
 
 def test_bins_are_right_closed() -> None:
     assert binned_shares([1.0, 2.0, 2.5, 3.0], [2.0]).tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="no values"):
+        binned_shares([], [2.0])
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import math
 
 import pytest
 from scipy import stats
-from statsmodels.stats.power import NormalIndPower, zt_ind_solve_power
+from statsmodels.stats.power import NormalIndPower, tt_ind_solve_power, zt_ind_solve_power
 
 from gateway.core.stats.power import (
     additional_samples,
@@ -61,6 +61,15 @@ def test_baseline_rate_uses_each_variants_bernoulli_variance(ratio: float, mde: 
     )
 
 
+@pytest.mark.parametrize(("effect", "ratio"), [(0.1, 1.0), (0.2, 3.0), (0.05, 1.0)])
+def test_normal_approximation_is_within_two_records_of_the_t_test_plan(
+    effect: float, ratio: float
+) -> None:
+    n = required_samples(effect, variance=1.0, ratio=ratio)
+    t_plan = tt_ind_solve_power(effect_size=effect, alpha=0.05, power=0.8, ratio=ratio)
+    assert 0 < t_plan - n < 2
+
+
 def test_ten_to_eleven_percent_needs_the_textbook_sample_size() -> None:
     # Unpooled normal approximation: (1.96 + 0.84)^2 (0.09 + 0.0979) / 0.01^2, about 14,750.
     assert samples_per_variant(0.01, baseline_rate=0.1) == 14749
@@ -88,7 +97,7 @@ def test_additional_samples_count_down_to_zero() -> None:
 )
 def test_invalid_plans_raise(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        samples_per_variant(**kwargs)  # type: ignore[arg-type]
+        samples_per_variant(**kwargs)
 
 
 @pytest.mark.parametrize(("mde", "variance", "ratio", "alpha", "power"), CASES)

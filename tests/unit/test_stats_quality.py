@@ -99,7 +99,7 @@ def test_regression_metrics_average_to_sklearn_values() -> None:
 
 
 def test_mean_is_the_outcome_itself() -> None:
-    assert per_record(Metric.MEAN, None, [1.0, 0.0, 2.5]).tolist() == [1.0, 0.0, 2.5]
+    assert per_record(Metric.MEAN, [9.0, 9.0, 9.0], [1.0, 0.0, 2.5]).tolist() == [1.0, 0.0, 2.5]
 
 
 def test_log_loss_is_clipped_so_a_confident_mistake_stays_finite() -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 TestName = Literal["two_proportion_z", "welch_t", "delta_method_z", "delong_z"]
 

@@ -12,6 +12,13 @@ from enum import StrEnum
 
 from gateway.core.stats.compare import Comparison
 
+_TEST_NAMES = {
+    "two_proportion_z": "two-proportion z-test",
+    "welch_t": "Welch's t-test",
+    "delta_method_z": "delta-method z-test",
+    "delong_z": "DeLong z-test",
+}
+
 
 class Decision(StrEnum):
     """What a report concludes about a challenger."""
@@ -90,7 +97,10 @@ def decide(
     raw = sequential_interval if sequential_interval is not None else comparison.ci
     low, high = oriented(raw, higher_is_better)
     shown = f"the {kind} interval for the improvement {_interval((low, high))}"
-    facts = f"(difference {_figure(comparison.difference)}, p = {comparison.p_value:.3g})"
+    facts = (
+        f"(challenger minus champion {_figure(comparison.difference)}; "
+        f"{_TEST_NAMES[comparison.test]} p = {comparison.p_value:.3g})"
+    )
     if not min_samples_reached:
         return Verdict(
             Decision.INCONCLUSIVE,

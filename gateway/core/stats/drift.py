@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 from gateway.core.stats.compare import as_values
 
@@ -87,6 +87,8 @@ def quantile_edges(reference: ArrayLike, bins: int = 10) -> NDArray[np.float64]:
 def binned_shares(values: ArrayLike, edges: ArrayLike) -> NDArray[np.float64]:
     """Each right-closed bin's share of the values."""
     array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        raise ValueError("no values to bin")
     counts = np.bincount(
         np.searchsorted(np.asarray(edges, dtype=np.float64), array, side="left"),
         minlength=np.size(edges) + 1,

@@ -15,7 +15,7 @@ Looking earlier as well can only add detections, so the plan is conservative.
 
 import math
 
-from scipy import optimize, stats  # type: ignore[import-untyped]
+from scipy import optimize, stats
 
 from gateway.core.stats.sequential import always_valid_interval, default_tau2
 

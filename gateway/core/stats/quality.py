@@ -11,7 +11,7 @@ from enum import StrEnum
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 from gateway.core.stats.compare import Comparison, as_values, normal_comparison
 
@@ -79,17 +79,7 @@ def per_record(metric: Metric, predictions: ArrayLike, labels: ArrayLike) -> NDA
         correct = np.asarray(_predicted_class(p, y) == y, dtype=np.float64)
         return correct if metric is Metric.ACCURACY else 1.0 - correct
     if p.ndim == 2:
-        index = y.astype(np.int64)
-        if not np.array_equal(index, y) or np.any(index < 0) or np.any(index >= p.shape[1]):
-            raise ValueError(f"labels must be class indices 0..{p.shape[1] - 1} for rows")
-        if metric is Metric.LOG_LOSS:
-            chosen = p[np.arange(y.size), index]
-            return -np.log(np.clip(chosen, LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP))
-        if metric is Metric.BRIER:
-            onehot = np.zeros_like(p)
-            onehot[np.arange(y.size), index] = 1.0
-            return np.asarray(np.sum((p - onehot) ** 2, axis=1), dtype=np.float64)
-        raise ValueError(f"{metric} needs one prediction per record, not rows of probabilities")
+        return _per_row_of_probabilities(metric, p, y)
     if metric in (Metric.LOG_LOSS, Metric.BRIER) and not _binary_labels(y):
         raise ValueError(f"{metric} with one probability per record needs 0/1 labels")
     if metric is Metric.LOG_LOSS:
@@ -98,6 +88,23 @@ def per_record(metric: Metric, predictions: ArrayLike, labels: ArrayLike) -> NDA
     if metric in (Metric.BRIER, Metric.MSE):
         return (p - y) ** 2
     return np.abs(p - y)
+
+
+def _per_row_of_probabilities(
+    metric: Metric, p: NDArray[np.float64], y: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """Log loss or Brier score of rows of class probabilities against class-index labels."""
+    index = y.astype(np.int64)
+    if not np.array_equal(index, y) or np.any(index < 0) or np.any(index >= p.shape[1]):
+        raise ValueError(f"labels must be class indices 0..{p.shape[1] - 1} for rows")
+    if metric is Metric.LOG_LOSS:
+        chosen = p[np.arange(y.size), index]
+        return -np.log(np.clip(chosen, LOG_LOSS_CLIP, 1 - LOG_LOSS_CLIP))
+    if metric is Metric.BRIER:
+        onehot = np.zeros_like(p)
+        onehot[np.arange(y.size), index] = 1.0
+        return np.asarray(np.sum((p - onehot) ** 2, axis=1), dtype=np.float64)
+    raise ValueError(f"{metric} needs one prediction per record, not rows of probabilities")
 
 
 def auc_with_variance(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:

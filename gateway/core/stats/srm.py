@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy import stats  # type: ignore[import-untyped]
+from scipy import stats
 
 SRM_THRESHOLD = 0.001
 

@@ -1,0 +1,1 @@
+"""The gateway's benchmarks: `bench.py` (with its package `gatewaybench`) and `split_report.py`."""

@@ -1,0 +1,113 @@
+"""Every private MLflow and pandas hook the gateway relies on, in one place, each behind a function.
+
+The gateway answers byte for byte like `mlflow models serve` because it calls the scoring server's
+own parsing, schema enforcement and encoding. Several of those functions are private, and so are
+the two pandas constructors the fast frame path uses. Each is reached only through this module,
+and `tests/unit/test_compat.py` has one test per hook, so an MLflow or pandas release that moves
+one fails loudly there, naming it, instead of somewhere down the request path.
+"""
+
+import copy
+from io import StringIO
+from typing import IO, Any
+
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.models.utils import _enforce_schema
+from mlflow.pyfunc import scoring_server
+from mlflow.utils.proto_json_utils import NumpyEncoder, _get_jsonable_obj
+
+__all__ = [
+    "NumpyEncoder",
+    "concat_extension_arrays",
+    "encode_predictions",
+    "enforce_schema",
+    "frame_from_arrays",
+    "is_unified_llm_input",
+    "jsonable",
+    "parse_csv",
+    "parse_json_document",
+    "parse_parquet",
+    "signature_from_type_hints",
+    "without_input_enforcement",
+]
+
+
+def parse_json_document(document: dict[str, Any], metadata: Any, input_schema: Any) -> Any:
+    """MLflow's parse of a JSON request (`_parse_json_data`): an object with data, params, is_unified_llm_input."""
+    return scoring_server._parse_json_data(document, metadata, input_schema)
+
+
+def parse_csv(text: IO[str], input_schema: Any) -> Any:
+    """MLflow's parse of a CSV request, typed by the signature."""
+    return scoring_server.parse_csv_input(text, input_schema)
+
+
+def parse_parquet(data: IO[bytes]) -> Any:
+    """MLflow's parse of a Parquet request."""
+    return scoring_server.parse_parquet_input(data)
+
+
+def is_unified_llm_input(document: dict[str, Any]) -> bool:
+    """Whether MLflow takes a JSON request for the unified LLM format (answered unwrapped)."""
+    return bool(scoring_server.is_unified_llm_input(document))
+
+
+def encode_predictions(raw: Any, unwrapped: bool) -> bytes:
+    """The response body `mlflow models serve` writes for these predictions."""
+    out = StringIO()
+    if unwrapped:
+        scoring_server.unwrapped_predictions_to_json(raw, out)
+    else:
+        scoring_server.predictions_to_json(raw, out)
+    return out.getvalue().encode("utf-8")
+
+
+def jsonable(raw: Any) -> Any:
+    """Predictions as the JSON-ready value MLflow's encoder makes of them (records for frames)."""
+    return _get_jsonable_obj(raw, pandas_orient="records")
+
+
+def enforce_schema(data: Any, input_schema: Any) -> Any:
+    """What `predict` hands the model for `data`: MLflow's input-schema enforcement."""
+    return _enforce_schema(data, input_schema)
+
+
+def signature_from_type_hints(metadata: Any) -> bool:
+    """Whether the model's signature comes from type hints or an example (MLflow checks those itself)."""
+    return any(
+        getattr(metadata, hook, lambda: False)()
+        for hook in ("_is_signature_from_type_hint", "_is_type_hint_from_example")
+    )
+
+
+def without_input_enforcement(pyfunc: Any) -> Any:
+    """The same pyfunc model, sharing its implementation, minus the input-schema enforcement.
+
+    Only frames built by the model's FramePlan go to it: they are already exactly what MLflow's
+    enforcement returns, so enforcing again would change nothing and cost ~0.3 ms a call.
+    Everything else `predict` does (params, prediction context, tracing) is MLflow's own code.
+    """
+    metadata = copy.copy(pyfunc.metadata)
+    signature = metadata.signature
+    metadata.signature = (
+        None
+        if signature.outputs is None and signature.params is None
+        else ModelSignature(inputs=None, outputs=signature.outputs, params=signature.params)
+    )
+    planned = copy.copy(pyfunc)
+    planned._model_meta = metadata
+    return planned
+
+
+def frame_from_arrays(arrays: list[Any], columns: pd.Index, length: int) -> pd.DataFrame:
+    """pandas' own constructor for ready columns, without the checks a frame plan has made."""
+    frame: pd.DataFrame = pd.DataFrame._from_arrays(  # type: ignore[attr-defined]
+        arrays, columns=columns, index=pd.RangeIndex(length), verify_integrity=False
+    )
+    return frame
+
+
+def concat_extension_arrays(arrays: list[Any]) -> Any:
+    """Several pandas extension arrays of one type as one (the interface's own concatenation)."""
+    return type(arrays[0])._concat_same_type(arrays)

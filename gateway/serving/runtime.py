@@ -1,0 +1,132 @@
+"""The composition root: one function builds everything a serving process runs, from the config.
+
+`build_runtime` makes the executors, the registry client, the model pool, the inference-log
+writer, the accounting, the shadow runner and the invocation service; `Runtime.start` starts the
+writer and the background task that loads every model, freezes the heap, then follows the
+registry; `Runtime.stop` drains and closes them in order. The HTTP edge receives a runtime and
+only routes to it.
+"""
+
+import asyncio
+import gc
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.core.config import Endpoint, GatewayConfig
+from gateway.observe import metrics
+from gateway.observe.log_writer import InferenceLogWriter
+from gateway.serving.accounting import Accountant
+from gateway.serving.pool import ModelPool
+from gateway.serving.registry import Registry
+from gateway.serving.service import InvocationService
+from gateway.serving.shadow import ShadowRunner
+
+logger = logging.getLogger(__name__)
+
+PREDICT_THREADS = 4
+
+
+@dataclass
+class Runtime:
+    """Everything one serving process runs; built by `build_runtime`, started by the app's lifespan."""
+
+    config: GatewayConfig
+    pool: ModelPool
+    service: InvocationService
+    executor: ThreadPoolExecutor
+    shadow_executor: ThreadPoolExecutor
+    shadow: ShadowRunner
+    writer: InferenceLogWriter | None
+    on_ready: Callable[[], None] | None = None
+    on_fatal: Callable[[], None] | None = None
+    _loading: "asyncio.Task[None] | None" = field(default=None, init=False)
+
+    async def start(self) -> None:
+        """Start the log writer, and load the models in the background (readiness says when)."""
+        if self.writer is not None:
+            self.writer.start()
+        self._loading = asyncio.create_task(self._keep_models())
+
+    async def stop(self) -> None:
+        """Stop following the registry, finish shadow copies, then flush every record."""
+        # The server has drained in-flight requests by now: every record is queued.
+        if self._loading is not None:
+            self._loading.cancel()
+        await self.shadow.drain(grace_seconds=10.0)
+        self.shadow_executor.shutdown(wait=True, cancel_futures=True)
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+
+    async def _keep_models(self) -> None:
+        """Load every model, then follow the registry: each endpoint refreshed on its own interval."""
+        try:
+            await asyncio.to_thread(self.pool.load_all)
+        except Exception as exc:
+            logger.error("cannot serve: %s", exc, exc_info=not str(exc))
+            if self.on_fatal is not None:
+                self.on_fatal()
+            return
+        # What loading left on the heap (MLflow, pandas, the models) lives as long as the
+        # process: out of the collector's sight, full collections stop walking it (p99).
+        gc.collect()
+        gc.freeze()
+        logger.info("all models loaded; ready")
+        if self.on_ready is not None:
+            self.on_ready()
+        await asyncio.gather(*(self._refresh_forever(e) for e in self.config.endpoints))
+
+    async def _refresh_forever(self, endpoint: Endpoint) -> None:
+        while True:
+            await asyncio.sleep(endpoint.refresh_seconds)
+            try:
+                await asyncio.to_thread(self.pool.refresh, endpoint)
+            except Exception as exc:  # an unreachable registry: keep serving what is loaded
+                logger.warning("refresh of endpoint %s failed, serving on: %s", endpoint.name, exc)
+
+
+def build_runtime(
+    config: GatewayConfig,
+    *,
+    registry: Registry | None = None,
+    log_writer: InferenceLogWriter | None = None,
+    predict_threads: int = PREDICT_THREADS,
+    on_ready: Callable[[], None] | None = None,
+    on_fatal: Callable[[], None] | None = None,
+) -> Runtime:
+    """The runtime of one serving process; `log_writer` replaces the one the config describes."""
+    executor = ThreadPoolExecutor(predict_threads, thread_name_prefix="gateway-predict")
+    writer = log_writer if log_writer is not None else _log_writer(config)
+    pool = ModelPool(config, registry or Registry(config.tracking_uri, config.registry_uri))
+    accountant = Accountant(config, writer)
+    # Shadow predictions get threads of their own: they never take one from serving.
+    shadow_threads = sum(e.shadow_concurrency for e in config.endpoints if e.shadow)
+    shadow_executor = ThreadPoolExecutor(
+        max(shadow_threads, 1), thread_name_prefix="gateway-shadow"
+    )
+    shadow = ShadowRunner(pool, shadow_executor, accountant, count=config.metrics.enabled)
+    service = InvocationService(config, pool, executor, accountant, shadow=shadow)
+    return Runtime(
+        config, pool, service, executor, shadow_executor, shadow, writer, on_ready, on_fatal
+    )
+
+
+def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
+    settings = config.inference_log
+    if not settings.enabled:
+        return None
+    if settings.user_key_secret is None and any(e.sticky for e in config.endpoints):
+        logger.warning(
+            "inference log: no user_key_secret is set, so records carry no user_key_hash "
+            "(set GATEWAY_INFERENCE_LOG__USER_KEY_SECRET)"
+        )
+    return InferenceLogWriter(
+        Path(settings.dir),
+        max_queue=settings.max_queue,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_seconds=settings.rotate_seconds,
+        on_drop=metrics.count_log_drop if config.metrics.enabled else None,
+    )

@@ -1,0 +1,354 @@
+"""The batch scheduler on an event loop whose clock only the test moves, with batches it ends.
+
+Nothing here waits for real time. The loop's `time()` is a fake clock: it judges "under load"
+and it runs the hold timer, so a held batch is released when the test moves the clock past
+`max_wait_ms`, in the same turn as it would be on a real loop. Every batch ends when the test
+completes the future the executor returned for it.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from gateway.core.config import Batching
+from gateway.core.errors import GatewayError
+from gateway.protocol.payload import Format
+from gateway.serving.batching import Batcher
+from gateway.serving.merge import Queued, predict_batch
+from gateway.serving.prediction import Prediction
+from tests.helpers import FakePyfunc, ManualExecutor, fake_model
+
+MODEL = fake_model(FakePyfunc())
+TURNS = 10  # turns of the loop that let every ready callback and task run
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when the test moves it."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        """The current time, in seconds."""
+        return self.now
+
+
+class ClockedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose time, and so whose timers, follow a fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def time(self) -> float:
+        """The fake clock's time."""
+        return self.clock()
+
+
+class Harness:
+    """A Batcher whose batches the test ends, with requests named by one letter each."""
+
+    def __init__(self, settings: Batching, clock: FakeClock) -> None:
+        self.clock = clock
+        self.executor = ManualExecutor()
+        self.batcher = Batcher("champion", MODEL, self.executor, settings)
+        self.requests: dict[str, asyncio.Task[Prediction]] = {}
+        self.ended = 0
+        self.loop_errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: self.loop_errors.append(context)
+        )
+
+    async def settle(self) -> None:
+        """Let the loop run everything that is ready, due timers included."""
+        for _ in range(TURNS):
+            await asyncio.sleep(0)
+
+    async def arrive(self, names: str) -> None:
+        """Requests, one a letter, all read in the same turn of the loop."""
+        for name in names:
+            self.requests[name] = asyncio.create_task(
+                self.batcher.predict(Format.JSON, name.encode())
+            )
+        await self.settle()
+
+    async def tick(self, milliseconds: float) -> None:
+        """Move the clock on, and let whatever is due run."""
+        self.clock.now += milliseconds / 1000
+        await self.settle()
+
+    def batch(self, index: int) -> list[Queued]:
+        """The requests of a submitted batch."""
+        function, args = self.executor.submitted[index]
+        assert function is predict_batch
+        requests: list[Queued] = args[2]
+        return requests
+
+    def batches(self) -> str:
+        """The batches submitted so far, as letters: `"a bcd"`."""
+        return " ".join(
+            "".join(request.body.decode() for request in self.batch(index))
+            for index in range(len(self.executor.submitted))
+        )
+
+    async def end(self, answers: Callable[[list[Queued]], Any] | None = None) -> None:
+        """End the oldest running batch: each request answered with its own name by default."""
+        requests = self.batch(self.ended)
+        future = self.executor.futures[self.ended]
+        self.ended += 1
+        if answers is None:
+            future.set_result([Prediction(request.body, ()) for request in requests])
+        else:
+            result = answers(requests)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        await self.settle()
+
+    def answered(self) -> set[str]:
+        """The requests that have their answer (or error) already."""
+        return {name for name, task in self.requests.items() if task.done()}
+
+    async def step(self, action: str) -> None:
+        """`+abc`: requests a, b, c arrive; `end`: the oldest batch ends; `tick 5`: 5 ms pass."""
+        if action.startswith("+"):
+            await self.arrive(action[1:])
+        elif action == "end":
+            await self.end()
+        else:
+            verb, milliseconds = action.split()
+            assert verb == "tick"
+            await self.tick(float(milliseconds))
+
+
+def run(settings: Batching, script: Callable[[Harness], Awaitable[None]]) -> None:
+    """Run a test's script against a fresh Batcher on a fresh clocked loop."""
+    clock = FakeClock()
+
+    async def main() -> None:
+        await script(Harness(settings, clock))
+
+    with asyncio.Runner(loop_factory=lambda: ClockedLoop(clock)) as runner:
+        runner.run(main())
+
+
+# Three requests were answered together just now: the state "under load" starts from.
+UNDER_LOAD = [("+a", "a"), ("+bcd", "a"), ("end", "a bcd"), ("end", "a bcd")]
+
+# (settings, steps: each an action and the batches submitted after it)
+SCHEDULES: dict[str, tuple[Batching, list[tuple[str, str]]]] = {
+    "a lone request is submitted at once": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [("+a", "a"), ("end", "a")],
+    ),
+    "requests read in the same turn share the first batch": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [("+abc", "abc"), ("end", "abc")],
+    ),
+    "requests arriving while a batch runs go together in the next": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [("+a", "a"), ("+b", "a"), ("+c", "a"), ("end", "a bc"), ("end", "a bc")],
+    ),
+    "the next batch takes at most max_batch_size requests": (
+        Batching(max_batch_size=2, max_wait_ms=0),
+        [("+a", "a"), ("+bcde", "a"), ("end", "a bc"), ("end", "a bc de"), ("end", "a bc de")],
+    ),
+    "under load a batch is held until it is as large as the last one": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [
+            *UNDER_LOAD,
+            ("tick 5", "a bcd"),
+            ("+e", "a bcd"),
+            ("+f", "a bcd"),
+            ("+g", "a bcd efg"),
+            ("end", "a bcd efg"),
+        ],
+    ),
+    "a held batch goes with the request that completes it, the rest wait for the next": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [
+            *UNDER_LOAD,
+            ("+e", "a bcd"),
+            ("+fgh", "a bcd efg"),
+            ("end", "a bcd efg"),  # h is held in turn, for two more
+            ("tick 10", "a bcd efg h"),
+            ("end", "a bcd efg h"),
+        ],
+    ),
+    "a batch answered exactly max_wait_ms ago still counts as load": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [
+            *UNDER_LOAD,
+            ("tick 10", "a bcd"),
+            ("+e", "a bcd"),
+            ("+fg", "a bcd efg"),
+            ("end", "a bcd efg"),
+        ],
+    ),
+    "after a full batch the next one is held until it is full too": (
+        Batching(max_batch_size=2, max_wait_ms=10),
+        [
+            ("+a", "a"),
+            ("+bcd", "a"),
+            ("end", "a bc"),
+            ("end", "a bc"),  # d is held: the last batch had two requests
+            ("+e", "a bc de"),
+            ("end", "a bc de"),
+        ],
+    ),
+    "a held batch goes alone when max_wait_ms has passed": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [
+            *UNDER_LOAD,
+            ("+e", "a bcd"),
+            ("tick 9", "a bcd"),
+            ("tick 1", "a bcd e"),
+            ("end", "a bcd e"),
+        ],
+    ),
+    "after an idle spell longer than max_wait_ms a request is not held": (
+        Batching(max_batch_size=64, max_wait_ms=10),
+        [*UNDER_LOAD, ("tick 10.5", "a bcd"), ("+e", "a bcd e"), ("end", "a bcd e")],
+    ),
+    "max_wait_ms 0 never holds a request": (
+        Batching(max_batch_size=64, max_wait_ms=0),
+        [
+            *UNDER_LOAD,
+            ("+e", "a bcd e"),
+            ("+f", "a bcd e"),
+            ("end", "a bcd e f"),
+            ("end", "a bcd e f"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize(("settings", "steps"), list(SCHEDULES.values()), ids=list(SCHEDULES))
+def test_requests_are_batched_on_this_schedule_and_each_gets_its_own_answer(
+    settings: Batching, steps: list[tuple[str, str]]
+) -> None:
+    async def script(harness: Harness) -> None:
+        for action, batches in steps:
+            await harness.step(action)
+            assert harness.batches() == batches, f"after {action!r}"
+        assert harness.answered() == set(harness.requests)
+        assert {name: (await task).body for name, task in harness.requests.items()} == {
+            name: name.encode() for name in harness.requests
+        }
+        assert harness.loop_errors == []
+
+    run(settings, script)
+
+
+def test_a_batch_is_one_predict_batch_call_with_the_model_and_max_batch_size() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("ab")
+        ((function, args),) = harness.executor.submitted
+        assert function is predict_batch
+        assert args[0:2] == ("champion", MODEL)
+        assert [request.body for request in args[2]] == [b"a", b"b"]
+        assert args[3] == 7
+        await harness.end()
+
+    run(Batching(max_batch_size=7, max_wait_ms=10), script)
+
+
+def failed(requests: list[Queued]) -> BaseException:
+    """The worker thread raised: a bug in the batch."""
+    return RuntimeError("the batch failed")
+
+
+def one_answer_short(requests: list[Queued]) -> list[Prediction]:
+    """Fewer answers than requests: a bug in the merge."""
+    return [Prediction(request.body, ()) for request in requests[1:]]
+
+
+async def internal_errors(harness: Harness, names: str) -> None:
+    """Each named request was answered with an internal error."""
+    for name in names:
+        with pytest.raises(GatewayError) as caught:
+            await harness.requests[name]
+        assert caught.value.error_code == "INTERNAL_ERROR"
+
+
+@pytest.mark.parametrize("answers", [failed, one_answer_short], ids=["raised", "answers missing"])
+def test_a_failed_batch_answers_each_of_its_requests_with_an_internal_error_and_serving_goes_on(
+    answers: Callable[[list[Queued]], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("ab")
+        await harness.end(answers)
+        assert harness.answered() == {"a", "b"}
+        await internal_errors(harness, "ab")
+        await harness.arrive("c")
+        assert harness.batches() == "ab c"
+        await harness.end()
+        assert (await harness.requests["c"]).body == b"c"
+        assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script)
+    assert "a batch of 2 requests failed" in caplog.text
+
+
+def test_a_shut_down_executor_answers_each_waiting_request_with_an_internal_error() -> None:
+    async def script(harness: Harness) -> None:
+        harness.executor.shut = True
+        await harness.arrive("ab")
+        assert harness.batches() == ""
+        assert harness.answered() == {"a", "b"}
+        await internal_errors(harness, "ab")
+        # The batcher is not stuck: an executor that takes work again gets the next request.
+        harness.executor.shut = False
+        await harness.arrive("c")
+        assert harness.batches() == "c"
+        await harness.end()
+        assert (await harness.requests["c"]).body == b"c"
+        assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script)
+
+
+def test_an_error_for_one_request_of_a_batch_is_that_request_s_alone() -> None:
+    refused = GatewayError("BAD_REQUEST", "bad rows")
+
+    async def script(harness: Harness) -> None:
+        await harness.arrive("abc")
+        await harness.end(
+            lambda requests: [
+                refused if request.body == b"b" else Prediction(request.body, ())
+                for request in requests
+            ]
+        )
+        assert (await harness.requests["a"]).body == b"a"
+        with pytest.raises(GatewayError) as caught:
+            await harness.requests["b"]
+        assert caught.value is refused
+        assert (await harness.requests["c"]).body == b"c"
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script)
+
+
+def test_a_request_cancelled_while_it_waits_is_skipped_without_error() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("bc")
+        harness.requests["b"].cancel()  # its request timed out, or its client left
+        await harness.settle()
+        await harness.end()
+        assert harness.batches() == "a bc"
+        await harness.end()
+        assert harness.requests["b"].cancelled()
+        assert harness.answered() == {"a", "b", "c"}
+        assert harness.loop_errors == []
+        assert (await harness.requests["c"]).body == b"c"
+        await harness.arrive("d")
+        assert harness.batches() == "a bc d"
+        await harness.end()
+        assert (await harness.requests["d"]).body == b"d"
+        assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script)

@@ -1,0 +1,329 @@
+"""One invocation through the service: each ends as one Outcome and leaves exactly one record."""
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from gateway.core.config import GatewayConfig, parse_config
+from gateway.core.errors import GatewayError
+from gateway.core.record import user_key_hash
+from gateway.core.routing import choose_sticky
+from gateway.serving.accounting import Accountant
+from gateway.serving.outcome import Invocation, Outcome
+from gateway.serving.service import FORCE_HEADER, InvocationService
+from tests.helpers import FakePool, FakePyfunc, MemoryLogWriter, fake_model
+
+SECRET = "a-secret-of-sixteen-characters"
+CONFIG = parse_config(
+    f"""
+    metrics: {{enabled: false}}
+    inference_log: {{user_key_secret: {SECRET}}}
+    endpoints:
+      - name: solo
+        model: solo
+        variants: [{{alias: champion}}]
+      - name: churn
+        model: churn
+        variants: [{{alias: champion, weight: 90}}, {{alias: challenger, weight: 10}}]
+        sticky: {{header: X-User-Id}}
+      - name: locked
+        model: locked
+        variants: [{{alias: champion}}]
+        allow_override: false
+      - name: loading
+        model: loading
+        variants: [{{alias: champion}}]
+      - name: batched
+        model: batched
+        variants: [{{alias: champion}}]
+        batching: {{max_batch_size: 8, max_wait_ms: 0}}
+      - name: rows
+        model: rows
+        variants: [{{alias: champion, weight: 50}}, {{alias: challenger, weight: 50}}]
+        sticky: {{field: plan}}
+    """,
+    {},
+)
+JSON = "application/json"
+
+
+def body(*ages: int) -> bytes:
+    """A request with one row an age."""
+    rows = [[age, "basic"] for age in ages]
+    return json.dumps({"dataframe_split": {"columns": ["age", "plan"], "data": rows}}).encode()
+
+
+def answer(*ages: int) -> bytes:
+    """The fake model's answer for these ages."""
+    return json.dumps({"predictions": [age * 10 for age in ages]}).encode()
+
+
+def make_pool() -> FakePool:
+    """Every variant loaded (version 3 for champions, 4 for the challenger) but `loading`'s."""
+    models = {
+        (endpoint.name, name): fake_model(
+            FakePyfunc(), "4" if name == "challenger" else "3", endpoint.model
+        )
+        for endpoint in CONFIG.endpoints
+        if endpoint.name != "loading"
+        for name in endpoint.weights
+    }
+    return FakePool(models, {endpoint.name: endpoint.weights for endpoint in CONFIG.endpoints})
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    """One worker thread, shut down after the test."""
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def make_service(
+    executor: ThreadPoolExecutor, config: GatewayConfig = CONFIG, seed: int = 7
+) -> tuple[InvocationService, MemoryLogWriter]:
+    """A service on the fake pool, with an accountant writing to memory."""
+    writer = MemoryLogWriter()
+    accountant = Accountant(config, writer)  # type: ignore[arg-type]
+    service = InvocationService(
+        config,
+        make_pool(),  # type: ignore[arg-type]
+        executor,
+        accountant,
+        rng=random.Random(seed),
+    )
+    return service, writer
+
+
+def invocation(
+    endpoint: str | None,
+    data: bytes = b"",
+    content_type: str | None = JSON,
+    headers: Mapping[str, str] | None = None,
+) -> Invocation:
+    """An invocation as the edge hands it over."""
+    return Invocation(
+        request_id="req-1",
+        endpoint=endpoint,
+        body=data,
+        content_type=content_type,
+        headers=dict(headers or {}),
+        wall=1_700_000_000.0,
+        started=time.perf_counter(),
+    )
+
+
+@dataclass(frozen=True)
+class Expected:
+    """An outcome and its one record (None: no record), as a test expects them."""
+
+    status: int
+    error_code: str | None
+    variant: str | None
+    model_version: str | None
+    routing: str | None
+    split: dict[str, int] | None
+    body: bytes | None = None
+    message: str | None = None
+    recorded: bool = True
+
+
+PREDICT_FAILED = (
+    "Encountered an unexpected error while evaluating the model. Verify that the serialized "
+    "input Dataframe is compatible with the model for inference."
+)
+SOLO = {"champion": 1}
+CHURN = {"champion": 90, "challenger": 10}
+
+OUTCOMES: dict[str, tuple[Invocation, Expected]] = {
+    "served by a weighted draw": (
+        invocation("solo", body(1, 2)),
+        Expected(200, None, "champion", "3", "random", SOLO, answer(1, 2)),
+    ),
+    "plain /invocations is the first endpoint": (
+        invocation(None, body(5)),
+        Expected(200, None, "champion", "3", "random", SOLO, answer(5)),
+    ),
+    "served through the batcher": (
+        invocation("batched", body(6)),
+        Expected(200, None, "champion", "3", "random", SOLO, answer(6)),
+    ),
+    "a forced variant": (
+        invocation("churn", body(3), headers={FORCE_HEADER: "challenger"}),
+        Expected(200, None, "challenger", "4", "forced", CHURN, answer(3)),
+    ),
+    "an unknown endpoint": (
+        invocation("nope", body(1)),
+        Expected(404, "ENDPOINT_NOT_FOUND", None, None, None, None, recorded=False),
+    ),
+    "an unsupported media type": (
+        invocation("solo", b"age\n1\n", content_type="text/plain"),
+        Expected(415, "UNSUPPORTED_MEDIA_TYPE", None, None, None, None),
+    ),
+    "a model still loading": (
+        invocation("loading", body(1)),
+        Expected(
+            503,
+            "TEMPORARILY_UNAVAILABLE",
+            None,
+            None,
+            "random",
+            SOLO,
+            message="Endpoint 'loading' variant 'champion' is still loading.",
+        ),
+    ),
+    "an unknown forced variant": (
+        invocation("churn", body(1), headers={FORCE_HEADER: "nobody"}),
+        Expected(400, "INVALID_PARAMETER_VALUE", None, None, None, None),
+    ),
+    "a forced variant where the endpoint allows none": (
+        invocation("locked", body(1), headers={FORCE_HEADER: "champion"}),
+        Expected(400, "INVALID_PARAMETER_VALUE", None, None, None, None),
+    ),
+    "a body the protocol rejects": (
+        invocation("solo", b'{"rows": []}'),
+        Expected(400, "BAD_REQUEST", "champion", "3", "random", SOLO),
+    ),
+    "a model raising a plain Python exception": (
+        invocation("solo", body(13)),
+        Expected(400, "BAD_REQUEST", "champion", "3", "random", SOLO, message=PREDICT_FAILED),
+    ),
+    "a bug: predictions that cannot be encoded": (
+        invocation("solo", body(14)),
+        Expected(
+            500,
+            "INTERNAL_ERROR",
+            "champion",
+            "3",
+            "random",
+            SOLO,
+            message="Internal error; see the gateway log.",
+        ),
+    ),
+    "a bug in a batched prediction": (
+        invocation("batched", body(14)),
+        Expected(
+            500,
+            "INTERNAL_ERROR",
+            "champion",
+            "3",
+            "random",
+            SOLO,
+            message="Internal error; see the gateway log.",
+        ),
+    ),
+}
+
+
+def check(outcome: Outcome, records: list[dict[str, Any]], expected: Expected) -> None:
+    """The outcome and its records are what `expected` says."""
+    assert outcome.status_code == expected.status
+    assert (outcome.error.error_code if outcome.error else None) == expected.error_code
+    assert outcome.body == expected.body
+    if expected.message is not None:
+        assert outcome.error is not None
+        assert outcome.error.message == expected.message
+    if expected.variant is None:
+        assert outcome.parts == ()
+    else:
+        (part,) = outcome.parts
+        assert (part.variant, part.model_version) == (expected.variant, expected.model_version)
+    if not expected.recorded:
+        assert records == []
+        return
+    (record,) = records
+    assert {
+        key: record[key]
+        for key in ("status_code", "variant", "model_version", "routing", "split", "error")
+    } == {
+        "status_code": expected.status,
+        "variant": expected.variant,
+        "model_version": expected.model_version,
+        "routing": expected.routing,
+        "split": expected.split,
+        "error": outcome.error.message if outcome.error else None,
+    }
+    assert record["response"] == (None if expected.body is None else expected.body.decode())
+    assert record["request_id"] == outcome.invocation.request_id
+
+
+@pytest.mark.parametrize(("request_", "expected"), list(OUTCOMES.values()), ids=list(OUTCOMES))
+def test_an_invocation_ends_as_one_outcome_and_one_record(
+    executor: ThreadPoolExecutor, request_: Invocation, expected: Expected
+) -> None:
+    service, writer = make_service(executor)
+    outcome = asyncio.run(service.invoke(request_))
+    check(outcome, writer.records(), expected)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ("solo", Expected(413, "PAYLOAD_TOO_LARGE", None, None, None, None)),
+        (None, Expected(413, "PAYLOAD_TOO_LARGE", None, None, None, None)),
+        ("nope", Expected(413, "PAYLOAD_TOO_LARGE", None, None, None, None, recorded=False)),
+    ],
+    ids=["a known endpoint", "the first endpoint", "an unknown endpoint"],
+)
+def test_a_refused_invocation_is_recorded_once(
+    executor: ThreadPoolExecutor, endpoint: str | None, expected: Expected
+) -> None:
+    service, writer = make_service(executor)
+    error = GatewayError("PAYLOAD_TOO_LARGE", "The body is larger than 1024 bytes.")
+    outcome = service.refuse(invocation(endpoint, body(1)), error)
+    assert outcome.error is error
+    check(outcome, writer.records(), expected)
+
+
+@pytest.mark.parametrize("user_key", ["u-1", "u-2", "alice", "bob", "42", "prémium ✓"])
+def test_sticky_routing_depends_on_the_user_key_alone(
+    executor: ThreadPoolExecutor, user_key: str
+) -> None:
+    expected = choose_sticky("churn", user_key, CHURN)
+    chosen = set()
+    for seed in range(3):  # services with differently seeded draws: the key alone decides
+        service, writer = make_service(executor, seed=seed)
+        request = invocation("churn", body(2), headers={"x-user-id": user_key})
+        outcome = asyncio.run(service.invoke(request))
+        (record,) = writer.records()
+        chosen.add((outcome.parts[0].variant, record["variant"], record["routing"]))
+        assert record["user_key_hash"] == user_key_hash(user_key, SECRET.encode())
+    assert chosen == {(expected, expected, "sticky")}
+
+
+def test_sticky_routing_sends_a_share_of_keys_to_each_variant_near_its_weight(
+    executor: ThreadPoolExecutor,
+) -> None:
+    service, _ = make_service(executor)
+    endpoint = service.endpoint("churn")
+    variants = [service.decide(endpoint, {"x-user-id": f"user-{n}"}).variant for n in range(2_000)]
+    assert 0.05 < variants.count("challenger") / len(variants) < 0.15
+
+
+def test_rows_split_between_variants_leave_one_record_each_with_its_own_rows(
+    executor: ThreadPoolExecutor,
+) -> None:
+    weights = {"champion": 50, "challenger": 50}
+    keys = [f"user-{n}" for n in range(8)]
+    rows: list[tuple[int, str]] = [(age, key) for age, key in enumerate(keys, start=1)]
+    data = json.dumps({"dataframe_split": {"columns": ["age", "plan"], "data": rows}}).encode()
+    routed = {key: choose_sticky("rows", key, weights) for key in keys}
+    assert set(routed.values()) == set(weights)  # these keys reach both variants
+    service, writer = make_service(executor)
+    outcome = asyncio.run(service.invoke(invocation("rows", data)))
+    assert outcome.status_code == 200
+    assert outcome.body == answer(*range(1, len(keys) + 1))
+    assert sorted(part.variant for part in outcome.parts) == sorted(weights)
+    records = writer.records()
+    assert sorted(record["variant"] for record in records) == sorted(weights)
+    for record in records:
+        ages = [age for age, key in rows if routed[str(key)] == record["variant"]]
+        assert record["routing"] == "sticky"
+        assert record["split"] == weights
+        assert json.loads(record["response"]) == {"predictions": [age * 10 for age in ages]}
