@@ -252,7 +252,7 @@ def test_shadow_agreement_compares_each_shadow_with_the_live_answer(
     [(0, "second"), (30, "second"), (600, "minute"), (6 * 3600, "hour"), (30 * 86400, "day")],
 )
 def test_time_series_buckets_cut_the_window_into_at_least_six(seconds: int, unit: str) -> None:
-    first = datetime(2024, 5, 1, 12)
+    first = datetime(2024, 5, 1, 12, tzinfo=UTC)
     assert report_data.series_unit(first, first + timedelta(seconds=seconds)) == unit
 
 
