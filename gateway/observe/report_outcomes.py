@@ -24,7 +24,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gateway.core.record import user_key_hash
-from gateway.observe.report_data import BUCKETS, LIVE_SQL, ReportInputError
+from gateway.observe.report_data import LIVE_SQL, ReportInputError
+from gateway.observe.report_series import BUCKETS
 
 logger = logging.getLogger(__name__)
 
