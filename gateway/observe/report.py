@@ -19,7 +19,7 @@ import duckdb
 from gateway.core.stats.decision import Decision, Verdict, decide
 from gateway.core.stats.quality import Metric, higher_is_better
 from gateway.core.stats.srm import sample_ratio_mismatch, time_weighted_shares
-from gateway.observe import report_data, report_drift, report_outcomes
+from gateway.observe import report_data, report_drift, report_outcomes, report_series
 from gateway.observe.report_compare import compare_variants
 from gateway.observe.report_data import Assignment, ReportInputError, VariantTraffic
 from gateway.observe.report_outcomes import Key
@@ -72,7 +72,7 @@ def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:
     champion, challenger = choose_pair(options, live, assignment)
     live.sort(key=lambda row: (row.variant != champion, row.variant != challenger))
     srm, srm_note = _srm(assignment)
-    predictions = report_data.predictions(con)
+    predictions = report_series.predictions(con)
     notes = [] if srm_note is None else [srm_note]
     comparison_part: Report = {"outcome": None, "comparisons": [], "verdict_inputs": None}
     if options.outcomes:
@@ -96,6 +96,7 @@ def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:
         )
         notes.extend(comparison_part["notes"])
     verdict = _verdict(srm["healthy"], comparison_part, options, champion, challenger)
+    unit = report_series.series_unit(info.first, info.last)  # the charts' buckets
     outcome_by_variant = comparison_part.get("summaries", {})
     variants = {
         row.variant: {
@@ -121,8 +122,9 @@ def _build(con: duckdb.DuckDBPyConnection, options: ReportOptions) -> Report:
             "outcomes": comparison_part["outcome"],
             "comparisons": comparison_part["comparisons"],
             "drift": _drift(con, options, champion, challenger),
-            "shadow": [asdict(row) for row in report_data.shadow_agreement(con)],
-            "hourly": _hourly(con, bool(options.outcomes)),
+            "shadow": [asdict(row) for row in report_series.shadow_agreement(con)],
+            "hourly": _hourly(con, bool(options.outcomes), "hour"),
+            "series": {"unit": unit, "rows": _hourly(con, bool(options.outcomes), unit)},
             "verdict": {"decision": verdict.decision.value, "reason": verdict.reason},
             "notes": notes,
         }
@@ -236,12 +238,12 @@ def _drift_dict(row: report_drift.DriftRow) -> Report:
     return {"name": row.name, "reference": row.reference, "current": row.current, **figures}
 
 
-def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool) -> list[Report]:
+def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool, unit: str) -> list[Report]:
     outcomes = {}
     if with_outcomes:
         outcomes = {
             (hour, variant): (n, mean)
-            for hour, variant, n, mean in report_outcomes.hourly_outcomes(con)
+            for hour, variant, n, mean in report_outcomes.hourly_outcomes(con, unit)
         }
     return [
         {
@@ -254,7 +256,7 @@ def _hourly(con: duckdb.DuckDBPyConnection, with_outcomes: bool) -> list[Report]
             "outcome_n": outcomes.get((row.hour, row.variant), (0, None))[0],
             "outcome_mean": outcomes.get((row.hour, row.variant), (0, None))[1],
         }
-        for row in report_data.hourly(con)
+        for row in report_series.hourly(con, unit)
     ]
 
 

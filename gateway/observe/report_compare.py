@@ -86,9 +86,14 @@ def compare_variants(
     values: dict[str, NDArray[np.float64]] = {}
     rows: dict[str, VariantRows] = {}
     summaries: dict[str, Any] = {}
+    per_unit: dict[str, Units] = {}  # per-unit sums, counts and covariates, made once a variant
     for name, variant_rows in joined.rows.items():
         values[name], rows[name] = _record_values(metric, variant_rows)
-        summaries[name] = _summary(metric, unit, values[name], rows[name], alpha)
+        if values[name].size and (unit == "user" or covariate) and metric is not Metric.AUC:
+            per_unit[name] = _unit_values(values[name], rows[name])
+        summaries[name] = _summary(
+            metric, unit, values[name], rows[name], per_unit.get(name), alpha
+        )
     meta = {
         "metric": metric.value,
         "unit": unit,
@@ -118,17 +123,14 @@ def compare_variants(
     elif covariate:
         if np.isnan(t_rows.covariates).any() or np.isnan(c_rows.covariates).any():
             raise ReportInputError("--covariate: some joined outcome rows have no covariate")
-        (t_sum, t_n, t_cov), (c_sum, c_n, c_cov) = (
-            _unit_values(t_values, t_rows),
-            _unit_values(c_values, c_rows),
-        )
+        (t_sum, t_n, t_cov), (c_sum, c_n, c_cov) = per_unit[challenger], per_unit[champion]
         adjusted = cuped_adjust({"t": t_sum / t_n, "c": c_sum / c_n}, {"t": t_cov, "c": c_cov})
         comparison = compare_means(adjusted["t"], adjusted["c"], alpha=alpha)
         spread = float(np.std(np.concatenate([adjusted["t"], adjusted["c"]]), ddof=1))
         notes.append("CUPED: per-unit means adjusted by the covariate before comparing.")
     elif unit == "user":
-        t_sum, t_n, _ = _unit_values(t_values, t_rows)
-        c_sum, c_n, _ = _unit_values(c_values, c_rows)
+        t_sum, t_n, _ = per_unit[challenger]
+        c_sum, c_n, _ = per_unit[champion]
         comparison = compare_ratio(t_sum, t_n, c_sum, c_n, alpha=alpha)
         spread = float(np.std(np.concatenate([t_sum / t_n, c_sum / c_n]), ddof=1))
     else:
@@ -170,7 +172,12 @@ def compare_variants(
 
 
 def _summary(
-    metric: Metric, unit: str, values: NDArray[np.float64], rows: VariantRows, alpha: float
+    metric: Metric,
+    unit: str,
+    values: NDArray[np.float64],
+    rows: VariantRows,
+    per_unit: Units | None,
+    alpha: float,
 ) -> dict[str, Any] | None:
     if values.size == 0:
         return None
@@ -181,8 +188,8 @@ def _summary(
             return {"n": int(values.size), "mean": None, "ci": [None, None]}
         half = float(stats.norm.ppf(1 - alpha / 2)) * math.sqrt(variance)
         return {"n": int(values.size), "mean": auc, "ci": [auc - half, auc + half]}
-    if unit == "user":
-        sums, counts, _ = _unit_values(values, rows)
+    if unit == "user" and per_unit is not None:
+        sums, counts, _ = per_unit
         summary = ratio_summary(sums, counts, alpha=alpha)
     else:
         summary = summarize(values, alpha=alpha)

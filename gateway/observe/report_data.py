@@ -10,7 +10,7 @@ that table; nothing is fetched a record at a time, so memory stays within DuckDB
 
 Live records are those routed `sticky`, `random` or `fallback`: they are what the split decided.
 Forced (`x-gateway-variant`) and shadow records are shown but stay out of the comparison and the
-sample-ratio check.
+sample-ratio check. Time series and shadow agreement are in gateway.observe.report_series.
 """
 
 import json
@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 LIVE_ROUTINGS: Final = ("sticky", "random", "fallback")
 LIVE_SQL: Final = "routing IN ('sticky', 'random', 'fallback')"
-QUANTILES: Final = (0.05, 0.25, 0.5, 0.75, 0.95)
-_MAX_CLASSES: Final = 20
 _MALFORMED: Final = "(request_id IS NULL OR ts IS NULL OR status_code IS NULL OR endpoint IS NULL)"
 _COLUMNS: Final = (
     "{schema_version: 'INTEGER', request_id: 'VARCHAR', client_request_id: 'VARCHAR', "
@@ -81,46 +79,12 @@ class VariantTraffic:
 
 
 @dataclass(frozen=True)
-class PredictionStats:
-    """A variant's live predictions: count, mean and quantiles of numbers, shares of classes."""
-
-    count: int
-    numeric: int
-    mean: float | None
-    quantiles: dict[str, float]
-    classes: dict[str, float]
-
-
-@dataclass(frozen=True)
 class Assignment:
     """Units assigned per live variant, and the splits in force, each with how many units saw it."""
 
     unit: str
     observed: dict[str, int]
     splits: list[tuple[int, dict[str, int]]]
-
-
-@dataclass(frozen=True)
-class HourRow:
-    """One variant's live traffic in one hour."""
-
-    hour: datetime
-    variant: str
-    requests: int
-    errors: int
-    mean_ms: float | None
-    p95_ms: float | None
-
-
-@dataclass(frozen=True)
-class ShadowAgreement:
-    """Shadow records of one variant and version, compared with the live answer of their request."""
-
-    variant: str
-    model_version: str | None
-    records: int
-    rows_compared: int
-    rows_differing: int
 
 
 def connect(memory_limit: str = "2GB", spill: Path | None = None) -> duckdb.DuckDBPyConnection:
@@ -172,7 +136,7 @@ def load_records(
         WHERE {_MALFORMED} OR (($since IS NULL OR ts >= $since) AND ($until IS NULL OR ts < $until))""",
         {"since": _naive(since), "until": _naive(until)},
     )
-    malformed = _scalar(con, "SELECT count(*) FROM records WHERE malformed")
+    malformed = scalar(con, "SELECT count(*) FROM records WHERE malformed")
     endpoints = [
         row[0]
         for row in con.execute(
@@ -218,9 +182,10 @@ def _naive(moment: datetime | None) -> datetime | None:
     return moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def _scalar(
+def scalar(
     con: duckdb.DuckDBPyConnection, sql: str, params: Mapping[str, Any] | None = None
 ) -> int:
+    """The first column of the first row of a query as an int (0 for no row or NULL)."""
     row = con.execute(sql, params or {}).fetchone()
     return int(row[0]) if row and row[0] is not None else 0
 
@@ -258,42 +223,6 @@ def traffic(con: duckdb.DuckDBPyConnection) -> list[VariantTraffic]:
     return result
 
 
-def predictions(con: duckdb.DuckDBPyConnection) -> dict[str, PredictionStats]:
-    """Each live variant's prediction distribution, from the responses' prediction lists."""
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE prediction_values AS
-        SELECT variant, value, try_cast(value AS DOUBLE) AS number,
-               CASE WHEN json_type(value) = 'VARCHAR' THEN json_extract_string(value, '$')
-                    WHEN json_type(value) IN ('BIGINT', 'UBIGINT', 'BOOLEAN') THEN value::VARCHAR
-               END AS label
-        FROM (SELECT variant, unnest(json_extract(predictions, '$[*]')) AS value
-              FROM records WHERE {LIVE_SQL} AND predictions IS NOT NULL)"""
-    )
-    stats = con.execute(
-        f"""SELECT variant, count(*), count(number), avg(number),
-               quantile_cont(number, {list(QUANTILES)}), count(DISTINCT label)
-        FROM prediction_values GROUP BY variant"""
-    ).fetchall()
-    classes: dict[str, dict[str, float]] = {}
-    for variant, label, share in con.execute(
-        """SELECT variant, label, count(*) / sum(count(*)) OVER (PARTITION BY variant)
-        FROM prediction_values WHERE label IS NOT NULL GROUP BY variant, label
-        ORDER BY variant, count(*) DESC, label"""
-    ).fetchall():
-        classes.setdefault(variant, {})[label] = float(share)
-    result = {}
-    for variant, count, numeric, mean, quantiles, labels in stats:
-        shown = classes.get(variant, {}) if 0 < labels <= _MAX_CLASSES else {}
-        result[variant] = PredictionStats(
-            int(count),
-            int(numeric),
-            mean,
-            {f"p{round(q * 100)}": v for q, v in zip(QUANTILES, quantiles or [], strict=False)},
-            shown,
-        )
-    return result
-
-
 def assignment(con: duckdb.DuckDBPyConnection) -> Assignment:
     """Units per live variant for the sample-ratio check, and the splits they were assigned under.
 
@@ -325,44 +254,3 @@ def assignment(con: duckdb.DuckDBPyConnection) -> Assignment:
         for split, count in splits.items()
     ]
     return Assignment(unit, observed, weighted)
-
-
-def hourly(con: duckdb.DuckDBPyConnection) -> list[HourRow]:
-    """Live requests, errors, mean and p95 latency per variant per hour."""
-    return [
-        HourRow(hour, variant, int(requests), int(errors), mean, p95)
-        for hour, variant, requests, errors, mean, p95 in con.execute(
-            f"""SELECT date_trunc('hour', ts) AS hour, variant, count(*),
-                   count(*) FILTER (WHERE status_code <> 200), avg(duration_ms),
-                   quantile_cont(duration_ms, 0.95)
-            FROM records WHERE {LIVE_SQL} AND variant IS NOT NULL
-            GROUP BY ALL ORDER BY hour, variant"""
-        ).fetchall()
-    ]
-
-
-def shadow_agreement(con: duckdb.DuckDBPyConnection) -> list[ShadowAgreement]:
-    """Per shadow variant and version: prediction rows compared with the live record, and differing."""
-    if not _scalar(con, "SELECT count(*) FROM records WHERE routing = 'shadow'"):
-        return []
-    return [
-        ShadowAgreement(variant, version, int(records), int(compared or 0), int(differing or 0))
-        for variant, version, records, compared, differing in con.execute(
-            f"""WITH shadow AS (
-                SELECT request_id, variant, model_version,
-                       json_extract(predictions, '$[*]')::VARCHAR[] AS mine
-                FROM records WHERE routing = 'shadow' AND status_code = 200),
-            live AS (
-                SELECT request_id, json_extract(predictions, '$[*]')::VARCHAR[] AS theirs
-                FROM records WHERE {LIVE_SQL} AND status_code = 200 AND predictions IS NOT NULL),
-            pairs AS (
-                SELECT s.variant, s.model_version, l.theirs IS NOT NULL AS matched,
-                       list_zip(s.mine, l.theirs) AS zipped
-                FROM shadow s LEFT JOIN live l USING (request_id))
-            SELECT variant, model_version, count(*),
-                   sum(len(zipped)) FILTER (WHERE matched),
-                   sum(len(list_filter(zipped, lambda x: x[1] IS DISTINCT FROM x[2])))
-                       FILTER (WHERE matched)
-            FROM pairs GROUP BY ALL ORDER BY variant, model_version"""
-        ).fetchall()
-    ]

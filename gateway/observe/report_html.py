@@ -1,8 +1,9 @@
 """`gateway report --html`: the report document as one self-contained HTML file with inline SVG.
 
 No script, no style sheet or font from the network: the charts are SVG drawn here (line charts of
-hourly traffic share and latency, intervals of the outcome per variant and of the difference), so
-the file opens offline in any browser and can be attached to a ticket or an MLflow run.
+traffic share and latency over time, intervals of the outcome per variant and of the difference), so
+the file opens offline in any browser and can be attached to a ticket or an MLflow run. The time
+charts use buckets of a second, minute, hour or day, whichever cuts the window into at least six.
 """
 
 import html
@@ -14,7 +15,7 @@ Report = dict[str, Any]
 
 WIDTH: Final = 720
 HEIGHT: Final = 220
-_PAD: Final = (56, 16, 16, 36)  # left, right, top, bottom
+_PAD: Final = (56, 16, 26, 36)  # left, right, top (the legend's row), bottom
 _COLOURS: Final = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 _STYLE: Final = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:760px;color:#222}
@@ -56,7 +57,11 @@ def _frame(y_lo: float, y_hi: float, y_label: str) -> list[str]:
         parts.append(
             f'<text x="{left - 4}" y="{y(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>'
         )
-    parts.append(f'<text x="4" y="{HEIGHT // 2}">{_e(y_label)}</text>')
+    middle = (top + HEIGHT - bottom) // 2
+    parts.append(
+        f'<text x="12" y="{middle}" transform="rotate(-90 12 {middle})" '
+        f'text-anchor="middle">{_e(y_label)}</text>'
+    )
     return parts
 
 
@@ -90,13 +95,17 @@ def line_chart(
             if math.isfinite(v)
         ]
         parts.append(
-            f'<text x="{WIDTH - right - 4}" y="{top + 14 + 14 * index}" '
+            f'<text x="{WIDTH - right - 110 * index}" y="{top - 8}" '
             f'text-anchor="end" style="fill:{colour}">{_e(name)}</text>'
         )
     return _svg(parts, HEIGHT)
 
 
-def interval_chart(rows: list[tuple[str, float, float, float]], zero_line: bool) -> str:
+def interval_chart(
+    rows: list[tuple[str, float, float, float]],
+    zero_line: bool,
+    colours: Sequence[str] = _COLOURS,
+) -> str:
     """An SVG of horizontal intervals (label, estimate, low, high), one per line."""
     rows = [r for r in rows if all(isinstance(v, float | int) and math.isfinite(v) for v in r[1:])]
     if not rows:
@@ -114,7 +123,7 @@ def interval_chart(rows: list[tuple[str, float, float, float]], zero_line: bool)
         )
     for i, (label, estimate, low, high) in enumerate(rows):
         cy = 22 + 28 * i
-        colour = _COLOURS[i % len(_COLOURS)]
+        colour = colours[i % len(colours)]
         parts += [
             f'<text x="4" y="{cy + 4}">{_e(label)}</text>',
             f'<line x1="{x(low):.1f}" y1="{cy}" x2="{x(high):.1f}" y2="{cy}" '
@@ -139,10 +148,11 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _hourly(report: Report) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
-    hours = sorted({row["hour"] for row in report["hourly"]})
+def _series(report: Report) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
+    rows = report["series"]["rows"]
+    hours = sorted({row["hour"] for row in rows})
     by_variant: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in report["variants"]}
-    for row in report["hourly"]:
+    for row in rows:
         by_variant.setdefault(row["variant"], {})[row["hour"]] = row
     return hours, by_variant
 
@@ -150,7 +160,8 @@ def _hourly(report: Report) -> tuple[list[str], dict[str, dict[str, dict[str, An
 def render_html(report: Report) -> str:
     """The whole report as one HTML document."""
     verdict = report["verdict"]
-    hours, by_variant = _hourly(report)
+    hours, by_variant = _series(report)
+    unit = report["series"]["unit"]
     totals = {h: sum(v.get(h, {}).get("requests", 0) for v in by_variant.values()) for h in hours}
     share = {
         name: [
@@ -166,7 +177,7 @@ def render_html(report: Report) -> str:
         ]
         for name, rows in by_variant.items()
     }
-    labels = [h[11:16] if h else "" for h in hours]
+    labels = [(h[11:19] if unit == "second" else h[5:16]) if h else "" for h in hours]
     srm = report["srm"]
     sections = [
         f"<h1>Report: endpoint {_e(report['endpoint'])}</h1>",
@@ -203,9 +214,9 @@ def render_html(report: Report) -> str:
                 for name, v in report["variants"].items()
             ],
         ),
-        "<h2>Traffic share by hour</h2>",
+        f"<h2>Traffic share by {_e(unit)}</h2>",
         line_chart(share, "share", labels),
-        "<h2>p95 latency by hour (ms)</h2>",
+        f"<h2>p95 latency by {_e(unit)} (ms)</h2>",
         line_chart(p95, "ms", labels),
         *_outcome_section(report),
         *_drift_section(report),
@@ -235,7 +246,7 @@ def _outcome_section(report: Report) -> list[str]:
         f"<h2>Outcome: {_e(meta['metric'])} (unit: {_e(meta['unit'])}), 95% intervals</h2>",
         interval_chart(rows, zero_line=False),
         "<h2>Difference, challenger minus champion</h2>",
-        interval_chart(diffs, zero_line=True),
+        interval_chart(diffs, zero_line=True, colours=("#333", "#888")),
         _table(
             ["comparison", "difference", "p-value", "always-valid p"],
             [

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from gateway.core.record import user_key_hash
 from gateway.observe.report_data import LIVE_SQL, ReportInputError
+from gateway.observe.report_series import BUCKETS
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
                 SELECT user_key_hash AS uid, arg_min(variant, ts) AS variant, min(ts) AS ts
                 FROM records WHERE {LIVE_SQL} AND user_key_hash IS NOT NULL
                   AND variant IS NOT NULL GROUP BY user_key_hash)
-            SELECT e.variant, e.uid, true AS has_user, NULL::DOUBLE AS prediction, e.ts,
+            SELECT e.variant, hash(e.uid) AS unit, true AS has_user, NULL::DOUBLE AS prediction,
+                   e.ts,
                    o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN exposure e ON e.uid = o.key
             WHERE o.ts IS NULL OR o.ts >= e.ts"""
@@ -167,7 +169,7 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     else:
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE joined AS
-            SELECT r.variant, coalesce(r.user_key_hash, r.request_id) AS uid,
+            SELECT r.variant, hash(coalesce(r.user_key_hash, r.request_id)) AS unit,
                    r.user_key_hash IS NOT NULL AS has_user, r.prediction, r.ts,
                    o.outcome, o.covariate, o.rowid AS oid
             FROM outcomes o JOIN records r ON r.{key} = o.key
@@ -176,8 +178,8 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     counts = con.execute(
         """SELECT (SELECT count(*) FROM outcomes),
                   (SELECT count(DISTINCT oid) FROM joined),
-                  (SELECT count(*) FROM (SELECT uid FROM joined WHERE has_user
-                                         GROUP BY uid HAVING count(*) > 1))"""
+                  (SELECT count(*) FROM (SELECT unit FROM joined WHERE has_user
+                                         GROUP BY unit HAVING count(*) > 1))"""
     ).fetchone() or (0, 0, 0)
     total, matched, shared = (int(value) for value in counts)
     unmatched = total - matched
@@ -186,7 +188,7 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     variants = con.execute("SELECT DISTINCT variant FROM joined ORDER BY variant").fetchall()
     for (name,) in variants:
         arrays = con.execute(
-            """SELECT hash(uid) AS unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
+            """SELECT unit, coalesce(prediction, 'NaN'::DOUBLE) AS prediction,
                       outcome, coalesce(covariate, 'NaN'::DOUBLE) AS covariate
             FROM joined WHERE variant = $variant""",
             {"variant": name},
@@ -201,12 +203,17 @@ def join_outcomes(con: duckdb.DuckDBPyConnection, key: Key) -> Joined:
     return Joined(unit, rows, total, unmatched)
 
 
-def hourly_outcomes(con: duckdb.DuckDBPyConnection) -> list[tuple[object, str, int, float]]:
-    """Joined outcome rows and their mean per hour (of the record, or of a user's exposure) and variant."""
+def hourly_outcomes(
+    con: duckdb.DuckDBPyConnection, unit: str = "hour"
+) -> list[tuple[object, str, int, float]]:
+    """Joined outcome rows and their mean per hour (or `unit`) of the record (or of a user's
+    first exposure) and variant."""
+    if unit not in BUCKETS:
+        raise ValueError(f"unit: one of {', '.join(BUCKETS)}, got {unit!r}")
     return [
         (hour, str(variant), int(n), float(mean))
         for hour, variant, n, mean in con.execute(
-            """SELECT date_trunc('hour', ts) AS hour, variant, count(*), avg(outcome)
+            f"""SELECT date_trunc('{unit}', ts) AS hour, variant, count(*), avg(outcome)
             FROM joined GROUP BY ALL ORDER BY hour, variant"""
         ).fetchall()
     ]

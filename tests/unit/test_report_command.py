@@ -250,3 +250,26 @@ def test_the_secret_comes_from_the_environment(
 
 def test_the_metric_choices_are_the_stats_metrics() -> None:
     assert sorted(report_command.METRICS) == sorted(metric.value for metric in Metric)
+
+
+def test_the_auc_compares_each_variants_scores_with_delong(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(4)
+    records, labels = [], []
+    for n in range(600):
+        variant = "champion" if n % 2 else "challenger"
+        label = int(rng.uniform() < 0.4)
+        signal = 1.5 if variant == "challenger" else 0.3
+        score = float(1 / (1 + np.exp(-(signal * (2 * label - 1) + rng.normal()))))
+        records.append(record(f"r{n}", variant=variant, prediction=round(score, 4)))
+        labels.append([f"r{n}", label])
+    write_log(tmp_path / "logs" / "a.jsonl", records)
+    outcomes = write_csv(tmp_path / "labels.csv", ["request_id", "outcome"], labels)
+    argv = ["--logs", str(tmp_path / "logs"), "--outcomes", str(outcomes), "--metric", "auc"]
+    report = report_json(capsys, *argv)
+    (comparison,) = report["comparisons"]
+    assert comparison["test"] == "delong_z"
+    assert comparison["unit"] == "record"
+    assert report["variants"]["challenger"]["outcome"]["mean"] > 0.8
+    assert report["verdict"]["decision"] == "promote"

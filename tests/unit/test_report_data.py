@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.observe import report_data
+from gateway.observe import report_data, report_series
 from gateway.observe.report_data import ReportInputError
 from tests.report_helpers import START, record, write_log
 
@@ -160,7 +160,7 @@ def test_predictions_give_numeric_quantiles_and_class_shares(
         ],
     )
     load(con, tmp_path)
-    stats = report_data.predictions(con)
+    stats = report_series.predictions(con)
     assert stats["champion"].count == 8
     assert stats["champion"].mean == pytest.approx(0.5)
     assert stats["champion"].quantiles["p50"] == pytest.approx(0.5)
@@ -221,7 +221,7 @@ def test_hourly_rows_count_live_requests_errors_and_latency(
         ],
     )
     load(con, tmp_path)
-    rows = report_data.hourly(con)
+    rows = report_series.hourly(con)
     assert [(row.hour.hour, row.requests, row.errors, row.mean_ms) for row in rows] == [
         (12, 2, 1, 3.0),
         (13, 1, 0, 8.0),
@@ -242,6 +242,24 @@ def test_shadow_agreement_compares_each_shadow_with_the_live_answer(
         ],
     )
     load(con, tmp_path)
-    assert report_data.shadow_agreement(con) == [
-        report_data.ShadowAgreement("candidate", "3", 3, 2, 1)
+    assert report_series.shadow_agreement(con) == [
+        report_series.ShadowAgreement("candidate", "3", 3, 2, 1)
     ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "unit"),
+    [(0, "second"), (30, "second"), (600, "minute"), (6 * 3600, "hour"), (30 * 86400, "day")],
+)
+def test_time_series_buckets_cut_the_window_into_at_least_six(seconds: int, unit: str) -> None:
+    first = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    assert report_series.series_unit(first, first + timedelta(seconds=seconds)) == unit
+
+
+def test_time_series_rows_can_be_by_minute(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    write_log(tmp_path / "a.jsonl", [record(f"r{n}", timestamp=START + 20 * n) for n in range(6)])
+    load(con, tmp_path)
+    rows = report_series.hourly(con, "minute")
+    assert [(row.hour.minute, row.requests) for row in rows] == [(0, 3), (1, 3)]
+    with pytest.raises(ValueError, match="unit: one of"):
+        report_series.hourly(con, "fortnight")

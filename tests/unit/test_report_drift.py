@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gateway.observe import report_data, report_drift
+from gateway.observe import report_data, report_drift, report_series
 from tests.report_helpers import FEATURES, record, write_log
 
 PLANS = ["basic", "plus", "pro"]
@@ -132,7 +132,7 @@ def test_prediction_classes_drift_between_variants(
         ],
     )
     report_data.load_records(con, tmp_path, endpoint=None, since=None, until=None)
-    report_data.predictions(con)
+    report_series.predictions(con)
     found = report_drift.prediction_drift(con, "champion", "challenger")
     assert found is not None
     assert found.drift.kind == "categorical"
