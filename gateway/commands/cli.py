@@ -76,7 +76,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     rollout = commands.add_parser(
         "rollout", help="canary rollouts: status, set, promote, rollback, run"
     )
-    from gateway.commands.rollout import add_arguments
+    from gateway.commands.rollout_args import add_arguments
 
     add_arguments(rollout, lambda command: _config_argument(command, environ))
 

@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
+from gateway.core.judging import KEYS, METRICS
+
 if TYPE_CHECKING:
     from gateway.observe.report import ReportOptions
 
@@ -23,8 +25,6 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HELP: Final = "which variant wins: split health, outcomes, drift and a verdict from the logs"
-# gateway.core.stats.quality.Metric's values, here so that building the parser imports no numerics.
-METRICS: Final = ("mean", "accuracy", "error_rate", "log_loss", "brier", "mse", "mae", "auc")
 SECRET_ENV: Final = "GATEWAY_INFERENCE_LOG__USER_KEY_SECRET"
 _DURATION: Final = re.compile(r"(\d+)([smhd])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--key",
-        choices=["request_id", "client_request_id", "user"],
+        choices=KEYS,
         default="request_id",
         help="what an outcome row is keyed by; `user` reads the column user_id",
     )
@@ -101,7 +101,7 @@ def options_from(
     args: argparse.Namespace, environ: Mapping[str, str], now: datetime
 ) -> "ReportOptions":
     """The report's options from parsed arguments and the environment."""
-    from gateway.core.stats.quality import Metric
+    from gateway.core.judging import Metric
     from gateway.observe.report import ReportOptions
     from gateway.observe.report_data import ReportInputError
 

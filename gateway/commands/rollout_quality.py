@@ -14,8 +14,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from gateway.core.judging import Metric, higher_is_better
+from gateway.core.rollout import Action, Verdict
 from gateway.core.stats.decision import GateAction, GateDecision, oriented, quality_gate
-from gateway.core.stats.quality import Metric, higher_is_better
 from gateway.core.stats.sequential import SequentialState
 from gateway.observe.report import Report, ReportOptions, build_report
 from gateway.observe.report_data import ReportInputError
@@ -78,3 +79,19 @@ class QualityGate:
             "outcomes": {name: (variants.get(name) or {}).get("outcome") for name in variants},
         }
         return decision, figures
+
+
+def with_quality(verdict: Verdict, quality: GateDecision) -> Verdict:
+    """The canary's action when the outcome comparison is judged too.
+
+    The operational guard's rollback stands; a quality rollback rolls back; the canary advances
+    only when both say so, and holds otherwise.
+    """
+    if verdict.action is Action.ROLLBACK:
+        return verdict
+    if quality.action is GateAction.ROLLBACK:
+        return Verdict(Action.ROLLBACK, (quality.reason,))
+    reasons = (*verdict.reasons, quality.reason)
+    if verdict.action is Action.ADVANCE and quality.action is GateAction.ADVANCE:
+        return Verdict(Action.ADVANCE, reasons)
+    return Verdict(Action.HOLD, reasons)

@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from gateway.core.stats.decision import GateAction, GateDecision
-
 WEIGHTS_TAG = "gateway.weights"
 AUDIT_TAG_PREFIX = "gateway.rollout."
 DEFAULT_STEPS = (5, 25, 50, 100)
@@ -161,22 +159,6 @@ def judge(champion: Figures, challenger: Figures, guard: Guard) -> Verdict:
             f"p99 ratio {'n/a' if ratio is None else f'{ratio:.2f}x'}",
         ),
     )
-
-
-def with_quality(verdict: Verdict, quality: GateDecision) -> Verdict:
-    """The canary's action when the outcome comparison is judged too.
-
-    The operational guard's rollback stands; a quality rollback rolls back; the canary advances
-    only when both say so, and holds otherwise.
-    """
-    if verdict.action is Action.ROLLBACK:
-        return verdict
-    if quality.action is GateAction.ROLLBACK:
-        return Verdict(Action.ROLLBACK, (quality.reason,))
-    reasons = (*verdict.reasons, quality.reason)
-    if verdict.action is Action.ADVANCE and quality.action is GateAction.ADVANCE:
-        return Verdict(Action.ADVANCE, reasons)
-    return Verdict(Action.HOLD, reasons)
 
 
 def _ratio(value: float | None, reference: float | None) -> float | None:

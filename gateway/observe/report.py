@@ -16,13 +16,12 @@ from typing import Any
 
 import duckdb
 
+from gateway.core.judging import Key, Metric, higher_is_better
 from gateway.core.stats.decision import Decision, Verdict, decide
-from gateway.core.stats.quality import Metric, higher_is_better
 from gateway.core.stats.srm import sample_ratio_mismatch, time_weighted_shares
 from gateway.observe import report_data, report_drift, report_outcomes, report_series
 from gateway.observe.report_compare import compare_variants
 from gateway.observe.report_data import Assignment, ReportInputError, VariantTraffic
-from gateway.observe.report_outcomes import Key
 
 logger = logging.getLogger(__name__)
 

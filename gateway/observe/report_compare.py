@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
+from gateway.core.judging import Metric
 from gateway.core.stats.compare import (
     compare_means,
     compare_ratio,
@@ -27,7 +28,7 @@ from gateway.core.stats.compare import (
 )
 from gateway.core.stats.cuped import cuped_adjust
 from gateway.core.stats.power import samples_per_variant
-from gateway.core.stats.quality import Metric, auc_with_variance, compare_auc, per_record
+from gateway.core.stats.quality import auc_with_variance, compare_auc, per_record
 from gateway.core.stats.sequential import (
     always_valid_interval,
     always_valid_p_value,

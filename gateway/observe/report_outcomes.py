@@ -23,13 +23,13 @@ import duckdb
 import numpy as np
 from numpy.typing import NDArray
 
+from gateway.core.judging import Key
 from gateway.core.record import user_key_hash
 from gateway.observe.report_data import LIVE_SQL, ReportInputError
 from gateway.observe.report_series import BUCKETS
 
 logger = logging.getLogger(__name__)
 
-Key = Literal["request_id", "client_request_id", "user"]
 KEY_COLUMNS: Final[dict[str, str]] = {
     "request_id": "request_id",
     "client_request_id": "client_request_id",

@@ -45,3 +45,18 @@ def test_pure_module_imports_nothing_with_side_effects(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+def test_building_the_command_line_imports_no_mlflow_numerics_or_duckdb() -> None:
+    # Every `gateway` command builds the whole parser first: it must stay cheap (~0.3 s, not ~3 s).
+    code = (
+        "import sys\n"
+        "from gateway.commands.cli import _parser\n"
+        "_parser({})\n"
+        "heavy = ('mlflow', 'scipy', 'numpy', 'pandas', 'duckdb', 'sklearn')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -11,7 +11,6 @@ import pytest
 from gateway.commands import report as report_command
 from gateway.commands.cli import main
 from gateway.core.routing import choose_sticky
-from gateway.core.stats.quality import Metric
 from tests.report_helpers import SECRET, START, record, write_csv, write_log
 
 SPLIT = {"champion": 50, "challenger": 50}
@@ -246,10 +245,6 @@ def test_the_secret_comes_from_the_environment(
     status = main([*argv, "--key", "user"], environ={report_command.SECRET_ENV: SECRET})
     assert status == 0
     assert json.loads(capsys.readouterr().out)["variants"]["champion"]["outcome"]["n"] == 1
-
-
-def test_the_metric_choices_are_the_stats_metrics() -> None:
-    assert sorted(report_command.METRICS) == sorted(metric.value for metric in Metric)
 
 
 def test_the_auc_compares_each_variants_scores_with_delong(

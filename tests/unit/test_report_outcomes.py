@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gateway.core.judging import Key
 from gateway.core.record import user_key_hash
 from gateway.observe import report_data, report_outcomes
 from gateway.observe.report_data import ReportInputError
@@ -37,7 +38,7 @@ def con(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def joined(
     con: duckdb.DuckDBPyConnection,
     paths: list[Path],
-    key: report_outcomes.Key = "request_id",
+    key: Key = "request_id",
     **options: object,
 ) -> report_outcomes.Joined:
     arguments: dict[str, object] = {

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from gateway.commands.rollout_quality import with_quality
 from gateway.core.rollout import (
     AUDIT_TAG_PREFIX,
     Action,
@@ -18,7 +19,6 @@ from gateway.core.rollout import (
     parse_steps,
     parse_weights,
     quantile,
-    with_quality,
 )
 from gateway.core.stats.decision import GateAction, GateDecision
 

@@ -11,13 +11,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from gateway.core.stats.quality import (
-    Metric,
-    auc_with_variance,
-    compare_auc,
-    higher_is_better,
-    per_record,
-)
+from gateway.core.judging import Metric, higher_is_better
+from gateway.core.stats.quality import auc_with_variance, compare_auc, per_record
 
 
 def _binary(seed: int, n: int, signal: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,37 +7,15 @@ DeLong's (DeLong, DeLong, Clarke-Pearson 1988), computed from midranks (Sun, Xu 
 left out: its interval needs the delta method on the MSE, which is not done here.
 """
 
-from enum import StrEnum
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
+from gateway.core.judging import Metric
 from gateway.core.stats.compare import Comparison, as_values, normal_comparison
 
 LOG_LOSS_CLIP = 1e-15
 THRESHOLD = 0.5
-
-
-class Metric(StrEnum):
-    """A model-quality metric; MEAN is the outcome's (label's) own mean."""
-
-    ACCURACY = "accuracy"
-    ERROR_RATE = "error_rate"
-    LOG_LOSS = "log_loss"
-    BRIER = "brier"
-    MSE = "mse"
-    MAE = "mae"
-    AUC = "auc"
-    MEAN = "mean"
-
-
-_HIGHER_IS_BETTER = {Metric.ACCURACY, Metric.AUC, Metric.MEAN}
-
-
-def higher_is_better(metric: Metric) -> bool:
-    """Whether a larger value of the metric is better (the outcome's mean: larger is better)."""
-    return Metric(metric) in _HIGHER_IS_BETTER
 
 
 def _binary_labels(labels: NDArray[np.float64]) -> bool:
