@@ -145,24 +145,24 @@ def _weights_seen(url: str, samples: int) -> dict[str, int] | None:
 
 
 def _rollout(config: GatewayConfig, url: str, command: str, **options: object) -> tuple[int, str]:
-    args = argparse.Namespace(
-        rollout_command=command,
-        endpoint=None,
-        champion="champion",
-        challenger="challenger",
-        tracking_uri=None,
-        dry_run=False,
-        gateway=[url],
-        prometheus=None,
-        steps=(5, 25, 50, 100),
-        interval=1.0,
-        min_requests=20,
-        max_error_rate_increase=0.01,
-        max_p99_ratio=50.0,
-        max_holds=5,
-        outcomes=[],
-        **options,
-    )
+    defaults: dict[str, object] = {
+        "rollout_command": command,
+        "endpoint": None,
+        "champion": "champion",
+        "challenger": "challenger",
+        "tracking_uri": None,
+        "dry_run": False,
+        "gateway": [url],
+        "prometheus": None,
+        "steps": (5, 25, 50, 100),
+        "interval": 1.0,
+        "min_requests": 20,
+        "max_error_rate_increase": 0.01,
+        "max_p99_ratio": 50.0,
+        "max_holds": 5,
+        "outcomes": [],
+    }
+    args = argparse.Namespace(**{**defaults, **options})
     out = io.StringIO()
     status = rollout_command.main(config, args, out=out)
     return status, out.getvalue()
@@ -217,8 +217,9 @@ def test_a_healthy_challenger_is_promoted_through_every_step(
     config, url, name = canary
     registry = Registry(tracking_uri, None)
     challenger_version = registry.model_state(name).aliases["challenger"]
+    # Two-second intervals: enough challenger requests at 5% even on a busy machine.
     with Load(url, "/invocations", clients=2):
-        status, printed = _rollout(config, url, "run")
+        status, printed = _rollout(config, url, "run", interval=2.0)
     assert status == rollout_command.EXIT_OK, printed
     state = registry.model_state(name)
     assert state.aliases["champion"] == challenger_version
