@@ -243,7 +243,7 @@ def _logs_summary(args: argparse.Namespace) -> int:
 
 
 def _logs_export(args: argparse.Namespace) -> int:
-    from gateway.observe import export
+    from gateway.observe.export import write as export
 
     return export.run(
         args.dir,

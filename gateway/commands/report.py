@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final, TextIO
 from gateway.core.judging import KEYS, METRICS
 
 if TYPE_CHECKING:
-    from gateway.observe.report import ReportOptions
+    from gateway.observe.report.assemble import ReportOptions
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def parse_time(option: str, text: str | None, now: datetime) -> datetime | None:
             return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
         moment = datetime.fromisoformat(text.strip())
     except (ValueError, OverflowError):
-        from gateway.observe.report_data import ReportInputError
+        from gateway.observe.report.data import ReportInputError
 
         raise ReportInputError(
             f"{option}: expected an ISO 8601 time such as 2024-05-01T12:00:00Z or a duration "
@@ -102,8 +102,8 @@ def options_from(
 ) -> "ReportOptions":
     """The report's options from parsed arguments and the environment."""
     from gateway.core.judging import Metric
-    from gateway.observe.report import ReportOptions
-    from gateway.observe.report_data import ReportInputError
+    from gateway.observe.report.assemble import ReportOptions
+    from gateway.observe.report.data import ReportInputError
 
     if not 0 < args.alpha < 1:
         raise ReportInputError(f"--alpha: must be between 0 and 1, got {args.alpha}")
@@ -140,8 +140,8 @@ def run(
     """Make the report and write it; the exit status."""
     import duckdb
 
-    from gateway.observe.report import build_report
-    from gateway.observe.report_data import ReportInputError
+    from gateway.observe.report.assemble import build_report
+    from gateway.observe.report.data import ReportInputError
 
     environ = dict(os.environ) if environ is None else environ
     try:
@@ -157,11 +157,11 @@ def run(
         json.dump(report, out, indent=2, sort_keys=False)
         out.write("\n")
     else:
-        from gateway.observe.report_text import render_text
+        from gateway.observe.report.text import render_text
 
         out.write(render_text(report))
     if args.html is not None:
-        from gateway.observe.report_html import render_html
+        from gateway.observe.report.html import render_html
 
         try:
             args.html.write_text(render_html(report), encoding="utf-8")

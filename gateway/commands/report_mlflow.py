@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.observe.report_html import render_html
+from gateway.observe.report.html import render_html
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from gateway.core.rollout import (
     parse_weights,
     quantile,
 )
-from gateway.observe.report import ReportOptions
+from gateway.observe.report.assemble import ReportOptions
 from gateway.serving.registry import Registry, RegistryError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -18,8 +18,8 @@ from gateway.core.judging import Metric, higher_is_better
 from gateway.core.rollout import Action, Verdict
 from gateway.core.stats.decision import GateAction, GateDecision, oriented, quality_gate
 from gateway.core.stats.sequential import SequentialState
-from gateway.observe.report import Report, ReportOptions, build_report
-from gateway.observe.report_data import ReportInputError
+from gateway.observe.report.assemble import Report, ReportOptions, build_report
+from gateway.observe.report.data import ReportInputError
 
 
 class QualityGate:

@@ -13,8 +13,8 @@ import pytest
 
 from gateway.commands.cli import main
 from gateway.core.record import build_record
-from gateway.observe.export import export
-from gateway.observe.export_columns import DATABRICKS, PARQUET
+from gateway.observe.export.columns import DATABRICKS, PARQUET
+from gateway.observe.export.write import export
 from gateway.observe.log_writer import InferenceLogWriter
 
 # 23:00 UTC: the records of the first hour fall on one date, the rest on the next.

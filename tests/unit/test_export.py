@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from gateway.core.record import build_record
-from gateway.observe.export import ExportResult, export, run
-from gateway.observe.export_columns import DATABRICKS, PARQUET, epoch_ms
-from gateway.observe.export_parts import Window
+from gateway.observe.export.columns import DATABRICKS, PARQUET, epoch_ms
+from gateway.observe.export.parts import Window
+from gateway.observe.export.write import ExportResult, export, run
 
 # 22:00 UTC: records two hours or more later fall on the next date.
 T0 = datetime(2026, 11, 29, 22, 0, tzinfo=UTC)

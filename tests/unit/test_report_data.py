@@ -8,8 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from gateway.observe import report_data, report_series
-from gateway.observe.report_data import ReportInputError
+from gateway.observe.report import data as report_data
+from gateway.observe.report import series as report_series
+from gateway.observe.report.data import ReportInputError
 from tests.report_helpers import START, record, write_log
 
 

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gateway.observe import report_data, report_drift, report_series
+from gateway.observe.report import data as report_data
+from gateway.observe.report import drift as report_drift
+from gateway.observe.report import series as report_series
 from tests.report_helpers import FEATURES, record, write_log
 
 PLANS = ["basic", "plus", "pro"]

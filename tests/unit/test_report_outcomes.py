@@ -12,8 +12,9 @@ import pytest
 
 from gateway.core.judging import Key
 from gateway.core.record import user_key_hash
-from gateway.observe import report_data, report_outcomes
-from gateway.observe.report_data import ReportInputError
+from gateway.observe.report import data as report_data
+from gateway.observe.report import outcomes as report_outcomes
+from gateway.observe.report.data import ReportInputError
 from tests.report_helpers import SECRET, START, record, write_csv, write_log
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 import duckdb
 
-from gateway.observe.report_data import LIVE_SQL, scalar
+from gateway.observe.report.data import LIVE_SQL, scalar
 
 # date_trunc units for time series, shortest first, with their length in seconds.
 QUANTILES: Final = (0.05, 0.25, 0.5, 0.75, 0.95)

@@ -2,7 +2,7 @@
 
 The report is a JSON-ready dict (see docs/report.md for its keys), made in this order: traffic per
 variant, the sample-ratio check, predictions, hourly series, shadow agreement, then, with outcome
-files, the comparison of challenger against champion (gateway.observe.report_compare), drift, and
+files, the comparison of challenger against champion (gateway.observe.report.compare), drift, and
 the verdict of gateway.core.stats.decision. The text and HTML renderings read only this dict.
 """
 
@@ -19,9 +19,12 @@ import duckdb
 from gateway.core.judging import Key, Metric, higher_is_better
 from gateway.core.stats.decision import Decision, Verdict, decide
 from gateway.core.stats.srm import sample_ratio_mismatch, time_weighted_shares
-from gateway.observe import report_data, report_drift, report_outcomes, report_series
-from gateway.observe.report_compare import compare_variants
-from gateway.observe.report_data import Assignment, ReportInputError, VariantTraffic
+from gateway.observe.report import data as report_data
+from gateway.observe.report import drift as report_drift
+from gateway.observe.report import outcomes as report_outcomes
+from gateway.observe.report import series as report_series
+from gateway.observe.report.compare import compare_variants
+from gateway.observe.report.data import Assignment, ReportInputError, VariantTraffic
 
 logger = logging.getLogger(__name__)
 

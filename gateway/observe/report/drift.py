@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 
 from gateway.core.stats.drift import FeatureDrift, categorical_drift, numeric_drift
-from gateway.observe.report_data import LIVE_SQL, ReportInputError
+from gateway.observe.report.data import LIVE_SQL, ReportInputError
 
 logger = logging.getLogger(__name__)
 

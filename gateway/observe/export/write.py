@@ -17,7 +17,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Final, TextIO
 
-from gateway.observe.export_columns import (
+from gateway.observe.export.columns import (
     FORMATS,
     LogRecord,
     epoch_ms,
@@ -25,7 +25,7 @@ from gateway.observe.export_columns import (
     schema_of,
     to_batch,
 )
-from gateway.observe.export_parts import ExportError, PartFile, Window, open_part
+from gateway.observe.export.parts import ExportError, PartFile, Window, open_part
 from gateway.observe.log_summary import files_in, parse_since
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

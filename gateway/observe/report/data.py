@@ -10,7 +10,7 @@ that table; nothing is fetched a record at a time, so memory stays within DuckDB
 
 Live records are those routed `sticky`, `random` or `fallback`: they are what the split decided.
 Forced (`x-gateway-variant`) and shadow records are shown but stay out of the comparison and the
-sample-ratio check. Time series and shadow agreement are in gateway.observe.report_series.
+sample-ratio check. Time series and shadow agreement are in gateway.observe.report.series.
 """
 
 import json

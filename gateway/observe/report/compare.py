@@ -34,8 +34,8 @@ from gateway.core.stats.sequential import (
     always_valid_p_value,
     default_tau2,
 )
-from gateway.observe.report_data import ReportInputError
-from gateway.observe.report_outcomes import Joined, VariantRows
+from gateway.observe.report.data import ReportInputError
+from gateway.observe.report.outcomes import Joined, VariantRows
 
 TAU_SHARE_OF_SD: Final = 0.1
 _AUC_DEFAULT_MDE: Final = 0.02

@@ -25,8 +25,8 @@ from numpy.typing import NDArray
 
 from gateway.core.judging import Key
 from gateway.core.record import user_key_hash
-from gateway.observe.report_data import LIVE_SQL, ReportInputError
-from gateway.observe.report_series import BUCKETS
+from gateway.observe.report.data import LIVE_SQL, ReportInputError
+from gateway.observe.report.series import BUCKETS
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gateway.observe.export_columns import TIME_COLUMN, schema_of
+from gateway.observe.export.columns import TIME_COLUMN, schema_of
 
 logger = logging.getLogger(__name__)
 

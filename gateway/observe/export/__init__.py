@@ -1,0 +1,1 @@
+"""`gateway logs export`: the inference logs as date-partitioned Parquet, streamed."""

@@ -1,0 +1,1 @@
+"""`gateway report`: the logs and outcomes read with DuckDB, compared, and rendered."""
