@@ -30,6 +30,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = _parser(environ).parse_args(argv)
     if args.command == "demo":
         return _demo(args, environ)
+    if args.command == "demo-traffic":
+        from gateway.commands import demo_traffic
+
+        return demo_traffic.run(args)
     if args.command == "logs":
         return _logs_export(args) if args.logs_command == "export" else _logs_summary(args)
     if args.command == "report":
@@ -121,6 +125,13 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
     _logging_arguments(demo)
+
+    from gateway.commands import demo_traffic
+
+    traffic = commands.add_parser(
+        "demo-traffic", help="send synthetic customers to the demo and write their true outcomes"
+    )
+    demo_traffic.add_arguments(traffic)
     return parser
 
 
@@ -276,7 +287,10 @@ def _demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     def banner() -> None:
         print(
             _DEMO_BANNER.format(
-                seconds=time.monotonic() - started, url=f"http://{host}:{port}", config=config_path
+                seconds=time.monotonic() - started,
+                url=f"http://{host}:{port}",
+                config=config_path,
+                directory=config_path.parent,
             ),
             flush=True,
         )
@@ -302,4 +316,10 @@ Gateway demo ready in {seconds:.1f}s on {url} (config: {config}); Ctrl+C stops i
     -d '{{"inputs": {{"tenure_months": [3], "monthly_charges": [89.5], "support_calls": [4], "plan": ["basic"]}}}}'
 
   curl -s {url}/endpoints
+
+Then judge the split: 2,000 synthetic customers, their true churn labels, and the verdict.
+
+  gateway demo-traffic --url {url} --outcomes {directory}/outcomes.csv
+  gateway report --logs {directory}/inference-logs --outcomes {directory}/outcomes.csv \
+    --metric accuracy --key request_id --html {directory}/report.html
 """

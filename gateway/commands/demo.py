@@ -29,6 +29,8 @@ endpoints:
       header: X-User-Id
 inference_log:
   dir: {log_dir}
+  # Records carry an HMAC of each X-User-Id, never the id; set your own secret in production.
+  user_key_secret: demo-secret-change-me-in-production
 """
 
 

@@ -1,5 +1,6 @@
 """The `gateway` command as ops run it: start-up errors, `--workers 2`, and a graceful stop."""
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import httpx
 import pytest
 import yaml
 
+from gateway.commands.cli import main
 from gateway.core.config import GatewayConfig
 from tests.integration.conftest import free_port, split_payload, wait_healthy, wait_until
 
@@ -281,7 +283,7 @@ def test_a_given_metrics_directory_is_made_and_emptied_before_serving(
 
 
 def test_the_demo_command_builds_its_registry_and_serves_what_its_banner_shows(
-    tmp_path: Path, served: list[GatewayProcess]
+    tmp_path: Path, served: list[GatewayProcess], capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = free_port()
     gateway = GatewayProcess("demo", "--dir", str(tmp_path / "demo"), "--port", str(port))
@@ -316,6 +318,20 @@ def test_the_demo_command_builds_its_registry_and_serves_what_its_banner_shows(
         headers={"x-gateway-variant": "challenger"},
     )
     assert (forced.status_code, forced.headers["x-gateway-model-version"]) == (200, "2")
+    # The banner's last two lines: synthetic customers with their true labels, then the verdict.
+    outcomes = tmp_path / "demo" / "outcomes.csv"
+    traffic = ["demo-traffic", "--url", url, "--requests", "300", "--outcomes", str(outcomes)]
+    assert main(traffic) == 0
     gateway.process.send_signal(signal.SIGTERM)
     gateway.wait()
     assert "Traceback" not in gateway.output
+    capsys.readouterr()
+    logs = tmp_path / "demo" / "inference-logs"
+    argv = ["report", "--logs", str(logs), "--outcomes", str(outcomes), "--metric", "accuracy"]
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["verdict"]["decision"] in {"promote", "keep_champion", "inconclusive"}
+    assert {name: v["outcome"]["n"] > 0 for name, v in report["variants"].items()} == {
+        "champion": True,
+        "challenger": True,
+    }
