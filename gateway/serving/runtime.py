@@ -129,4 +129,5 @@ def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
         on_drop=metrics.count_log_drop if config.metrics.enabled else None,
+        on_depth=metrics.LOG_QUEUE_DEPTH.set if config.metrics.enabled else None,
     )
