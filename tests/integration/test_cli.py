@@ -148,16 +148,26 @@ def test_a_missing_alias_version_or_model_exits_1_naming_it(
     assert "listening" not in gateway.output
 
 
-def test_an_unreachable_registry_exits_1_naming_its_uri(write_config: Callable[..., Path]) -> None:
+def test_an_unreachable_registry_is_retried_visibly_then_exits_1_at_the_deadline(
+    write_config: Callable[..., Path],
+) -> None:
     uri = f"http://127.0.0.1:{free_port()}"
-    path = write_config(tracking_uri=uri)
-    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0")
-    assert gateway.wait() == 1
+    path = write_config(tracking_uri=uri, startup_deadline_seconds=3)
+    # MLflow's own retries left to the gateway's defaults, as a user who sets none has them.
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
+    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0", env=env)
+    assert gateway.wait(timeout=120) == 1
+    assert f"registry {uri} unreachable (attempt 1, giving up in" in gateway.output
     assert (
         f"endpoint churn variant champion: models:/churn@champion (registry {uri}): "
         in gateway.output
     )
     assert "Connection refused" in gateway.output
+    assert (
+        f"error: the registry {uri} was unreachable for startup_deadline_seconds (3 s, "
+        in gateway.output
+    )
+    assert "listening" not in gateway.output
 
 
 def test_check_prints_what_each_variant_resolves_to(write_config: Callable[..., Path]) -> None:
