@@ -158,9 +158,11 @@ class Registry:
 
         MLflow keeps one SQLAlchemy engine per URI for the life of the process, and its pooled
         connections hold the file they opened: a registry file moved away or replaced would be
-        read as it was, forever. Disposing of the pool makes the next query open the path again
-        (about a millisecond). sqlite creates a missing file on connect, so a file that is gone
-        is raised here before any connection is made.
+        read as it was, forever. Disposing of the pool makes the next query open the path again:
+        about 4 ms more a refresh (15 ms instead of 11 ms, measured on 2 cores). sqlite creates
+        a missing file on connect, so a file that is gone is raised here before any connection
+        is made (a file removed in the instant between the check and the connection would still
+        be created empty).
         """
         for engine in self._sqlite_engines():
             database = engine.url.database
