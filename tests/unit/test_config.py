@@ -188,3 +188,14 @@ def test_config_is_frozen() -> None:
     config = parse_config(GOOD, {})
     with pytest.raises(ValueError, match="frozen"):
         config.endpoints[0].variants[0].weight = 5  # type: ignore[misc]
+
+
+def test_the_startup_deadline_and_registry_timeout_default_and_are_validated() -> None:
+    endpoints = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
+    config = parse_config(endpoints, {})
+    assert (config.startup_deadline_seconds, config.registry_timeout_seconds) == (30.0, 10)
+    problems = problems_of(endpoints + "startup_deadline_seconds: 0\nregistry_timeout_seconds: 0\n")
+    assert [problem.split(":")[0] for problem in problems] == [
+        "startup_deadline_seconds",
+        "registry_timeout_seconds",
+    ]
