@@ -349,10 +349,7 @@ def test_a_disk_that_stays_full_leaves_no_empty_files_behind(
     )
     for n in range(1, 4):
         writer.submit(make_record(f"lost {n}"))
-        wait_until(
-            lambda: writer.dropped == len(opened), f"failed batch {n} to be counted", DEADLINE
-        )
-        assert writer.dropped == n
+        wait_until(dropped(writer, n), f"failed batch {n} to be counted", DEADLINE)
         assert len(list(tmp_path.iterdir())) <= 1
     disk_full.clear()
     writer.submit(make_record("after"))
