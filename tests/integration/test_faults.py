@@ -9,10 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from gateway.commands.demo import MODEL_NAME
 from gateway.core.config import GatewayConfig
-from tests.helpers import read_records, sample, scrape
+from tests.helpers import REPO, read_records, sample, scrape
 from tests.integration.conftest import running_gateway, split_payload, wait_until
 
 ROWS: list[list[object]] = [[3, 89.5, 4, "basic"], [48, 30.0, 0, "pro"]]
@@ -135,3 +136,11 @@ def test_the_log_queue_gauge_reads_0_once_every_record_is_written(
             lambda: sample(scrape(url), "gateway_inference_log_queue_depth") == 0,
             "the queue-depth gauge to read 0",
         )
+
+
+def test_an_alert_watches_the_refresh_failures() -> None:
+    rule = yaml.safe_load((REPO / "deploy" / "kubernetes" / "prometheusrule.yaml").read_text())
+    alerts = {alert["alert"]: alert for group in rule["spec"]["groups"] for alert in group["rules"]}
+    assert (
+        "gateway_registry_refresh_failures_total" in alerts["GatewayRegistryRefreshFailing"]["expr"]
+    )
