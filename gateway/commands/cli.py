@@ -179,6 +179,53 @@ def _check(config: GatewayConfig, *, show: bool = True) -> int:
     return EXIT_FAILED if problems else EXIT_OK
 
 
+def _wait_for_registry(config: GatewayConfig) -> int:
+    """Resolve every variant, retrying while the registry is unreachable, up to the deadline."""
+    from gateway.serving.registry import UNREACHABLE, Registry, RegistryError
+
+    registry = Registry(config.tracking_uri, config.registry_uri)
+    deadline = config.startup_deadline_seconds
+    give_up_at = time.monotonic() + deadline
+    attempt = 0
+    while True:
+        attempt += 1
+        problems: list[tuple[str, RegistryError]] = []
+        for endpoint in config.endpoints:
+            for variant in endpoint.variants:
+                try:
+                    registry.resolve(endpoint.model, variant)
+                except RegistryError as exc:
+                    where = f"endpoint {endpoint.name} variant {variant.variant_name}"
+                    problems.append((where, exc))
+                    if exc.reason == UNREACHABLE:
+                        break  # the others would wait for the same registry
+        if not problems:
+            return EXIT_OK
+        left = give_up_at - time.monotonic()
+        unreachable = all(problem.reason == UNREACHABLE for _, problem in problems)
+        if unreachable and left > 0:
+            pause = min(0.5 * 2 ** (attempt - 1), 5.0, left)
+            logger.warning(
+                "registry %s unreachable (attempt %d, giving up in %.0f s; retrying in %.1f s): %s",
+                registry.registry_uri,
+                attempt,
+                left,
+                pause,
+                problems[0][1],
+            )
+            time.sleep(pause)
+            continue
+        for where, problem in problems:
+            print(f"error: {where}: {problem}", file=sys.stderr)
+        if unreachable:
+            print(
+                f"error: the registry {registry.registry_uri} was unreachable for "
+                f"startup_deadline_seconds ({deadline:g} s, {attempt} attempts); giving up",
+                file=sys.stderr,
+            )
+        return EXIT_FAILED
+
+
 def _serve(config: GatewayConfig, args: argparse.Namespace) -> int:
     with _metrics_directory(args.workers):
         return _serve_with_metrics(config, args)
@@ -213,10 +260,15 @@ def _metrics_directory(workers: int) -> Iterator[None]:
 def _serve_with_metrics(config: GatewayConfig, args: argparse.Namespace) -> int:
     from gateway.http.server import serve
     from gateway.observe.logconfig import configure_logging
+    from gateway.serving.registry import bound_http_requests
 
     configure_logging(args.log_level, args.log_format)
-    # Resolve every alias before the port is bound: a typo fails here, at once, by name.
-    status = _check(config, show=False)
+    chosen = bound_http_requests(config.registry_timeout_seconds)
+    if chosen:
+        logger.debug("MLflow HTTP requests bounded: %s", chosen)
+    # Resolve every alias before the port is bound: a typo fails here, at once, by name; an
+    # unreachable registry is tried again until the start-up deadline.
+    status = _wait_for_registry(config)
     if status != EXIT_OK:
         return status
     sock = _listen(args.host, args.port, args.workers)

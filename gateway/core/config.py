@@ -174,6 +174,10 @@ class GatewayConfig(_Model):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
+    startup_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # MLflow's timeout of one registry HTTP request, unless MLFLOW_HTTP_REQUEST_TIMEOUT is set.
+    registry_timeout_seconds: Annotated[int, Field(ge=1, le=600)] = 10
 
     @model_validator(mode="after")
     def _unique_endpoints(self) -> Self:

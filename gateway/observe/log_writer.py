@@ -10,7 +10,13 @@ one would pass `rotate_bytes` (a single larger record gets a file of its own) or
 when it is `rotate_seconds` old; and after a write error. Host, pid, start time and sequence keep
 every worker and replica on files of its own, and a name that exists already is never reused, so
 no file is ever written by two writers. A gap in the sequence marks a file that could not be
-created. Readers take `*.jsonl` of the directory.
+created, or one removed because a write error left it empty. Readers take `*.jsonl` of the
+directory.
+
+After a write error (a full disk, a directory gone) the failed batch is dropped and counted, and
+the next file is tried no sooner than `retry_seconds` later; records queue meanwhile (and past
+`max_queue` are dropped and counted as `queue_full`), so a disk that stays full costs one attempt
+a second, not one empty file a batch.
 
 The thread is a daemon so that a writer nobody closed never holds up the interpreter's exit;
 `close()` is what makes a graceful stop lossless, and it is also registered with `atexit`.
@@ -44,6 +50,9 @@ _BATCH_SIZE: Final = 512
 # 2 cores), at the price of records reaching the file up to this much later.
 _LINGER_SECONDS: Final = 0.05
 _WARNING_INTERVAL_SECONDS: Final = 10.0
+_RETRY_SECONDS: Final = 1.0
+# An idle writer reports its queue depth this often, so the gauge reads 0 once all is written.
+_IDLE_REPORT_SECONDS: Final = 1.0
 
 
 def _open_new(path: Path) -> IO[str]:
@@ -66,6 +75,8 @@ class InferenceLogWriter:
         file_prefix: str | None = None,
         opener: Callable[[Path], IO[str]] | None = None,
         linger_seconds: float = _LINGER_SECONDS,
+        retry_seconds: float = _RETRY_SECONDS,
+        on_depth: Callable[[int], None] | None = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError(f"max_queue: must be at least 1, got {max_queue}")
@@ -80,6 +91,8 @@ class InferenceLogWriter:
         self._on_drop = on_drop
         self._prefix = file_prefix or "inference"
         self._opener = opener or _open_new
+        self._retry_seconds = retry_seconds
+        self._on_depth = on_depth
         self._lock = threading.Lock()
         self._accepting = False
         self._closed = False
@@ -92,6 +105,8 @@ class InferenceLogWriter:
         self._stem = ""
         self._sequence = 0
         self._handle: IO[str] | None = None
+        self._path: Path | None = None
+        self._retry_at = 0.0  # time.monotonic() before which no new file is opened
         self._file_bytes = 0
         self._opened_at = 0.0
 
@@ -188,6 +203,7 @@ class InferenceLogWriter:
                 self._write_batch(batch)
             except Exception:  # the last guard: the thread must outlive any one batch
                 logger.exception("inference log: a batch of %d record(s) failed", len(batch))
+            self._report_depth()
         try:
             self._finish_file()
         except OSError as exc:
@@ -195,7 +211,12 @@ class InferenceLogWriter:
 
     def _take_batch(self) -> tuple[list[Record], bool]:
         """Wait for one record, then take what else is queued, up to a batch; True at the end."""
-        first = self._queue.get()
+        while True:
+            try:
+                first = self._queue.get(timeout=_IDLE_REPORT_SECONDS)
+                break
+            except queue.Empty:
+                self._report_depth()
         if first is None:
             return [], True
         if self._linger > 0 and self._queue.qsize() < _BATCH_SIZE - 1:
@@ -225,6 +246,7 @@ class InferenceLogWriter:
             self._write_lines(lines)
         except Exception as exc:  # disk full, directory gone, a broken opener: drop and go on
             self._abandon_file()
+            self._retry_at = time.monotonic() + self._retry_seconds
             self._drop(DROP_WRITE_ERROR, len(lines) - (self._written - written_before), exc)
 
     def _write_lines(self, lines: list[tuple[str, int]]) -> None:
@@ -248,7 +270,18 @@ class InferenceLogWriter:
             self._handle.flush()
         self._written += unflushed
 
+    def _report_depth(self) -> None:
+        if self._on_depth is not None:
+            try:
+                self._on_depth(self._queue.qsize())
+            except Exception:  # a broken callback must not stop the writer
+                logger.exception("inference log: reporting the queue depth failed")
+
     def _open_next(self) -> IO[str]:
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            # After a write error: one attempt per interval, not one (empty) file per batch.
+            time.sleep(wait)
         self._directory.mkdir(parents=True, exist_ok=True)
         while True:
             self._sequence += 1
@@ -258,11 +291,13 @@ class InferenceLogWriter:
             except FileExistsError:
                 continue
             self._handle, self._file_bytes, self._opened_at = handle, 0, self._clock()
+            self._path = path
             return handle
 
     def _finish_file(self) -> None:
         """Flush, fsync and close the current file; raises OSError if that fails."""
         handle, self._handle = self._handle, None
+        self._path = None
         if handle is None:
             return
         try:
@@ -273,8 +308,13 @@ class InferenceLogWriter:
             handle.close()
 
     def _abandon_file(self) -> None:
-        """Close a file that failed; the next batch starts a new one."""
+        """Close a file that failed, and remove it if it holds nothing; the next batch starts a new one."""
         handle, self._handle = self._handle, None
+        path, self._path = self._path, None
         if handle is not None:
             with contextlib.suppress(Exception):
                 handle.close()
+        if path is not None:
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()

@@ -79,6 +79,11 @@ MODEL_LOAD_FAILURES = Counter(
     "Model versions that failed to load, by endpoint and variant.",
     ["endpoint", "variant"],
 )
+REFRESH_FAILURES = Counter(
+    "gateway_registry_refresh_failures_total",
+    "Refreshes of an endpoint that failed, by reason (unreachable, not_found, load_failed, error).",
+    ["endpoint", "reason"],
+)
 SHADOW_DROPPED = Counter(
     "gateway_shadow_dropped_total",
     "Shadow copies not predicted because the endpoint's shadow slots were all busy.",

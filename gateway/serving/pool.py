@@ -13,7 +13,13 @@ from gateway.core.batch_policy import BatchPolicy, batch_policy
 from gateway.core.config import Endpoint, GatewayConfig, Variant
 from gateway.core.rollout import WEIGHTS_TAG, merge_weights, parse_weights
 from gateway.observe import metrics
-from gateway.serving.registry import LoadedModel, ModelVersion, Registry, RegistryError
+from gateway.serving.registry import (
+    NOT_FOUND,
+    LoadedModel,
+    ModelVersion,
+    Registry,
+    RegistryError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +81,11 @@ class ModelPool:
     def refresh(self, endpoint: Endpoint) -> None:
         """Follow moved aliases and changed weights of one endpoint; blocking: run it off the loop.
 
-        A version that fails to load is counted and logged, the old one keeps serving, and the
-        next refresh tries again.
+        A variant that cannot move (its alias gone, its new version failing to load) keeps
+        serving what it serves, the other variants and the weights are still followed, and then
+        a `RegistryError` says what failed; the next refresh tries again. The caller logs it.
         """
+        failures: list[RegistryError] = []
         with self._lock:
             state = self._registry.model_state(endpoint.model)
             for variant in _all_variants(endpoint):
@@ -85,12 +93,13 @@ class ModelPool:
                 if variant.alias is not None:
                     version = state.aliases.get(variant.alias)
                     if version is None:
-                        logger.warning(
-                            "alias models:/%s@%s is gone; endpoint %s keeps serving version %s",
-                            endpoint.model,
-                            variant.alias,
-                            endpoint.name,
-                            current.version.version if current else "none",
+                        failures.append(
+                            RegistryError(
+                                f"alias models:/{endpoint.model}@{variant.alias} is gone; "
+                                f"variant {variant.variant_name} keeps serving version "
+                                f"{current.version.version if current else 'none'}",
+                                NOT_FOUND,
+                            )
                         )
                         continue
                     if current is not None and current.version.version == version:
@@ -105,8 +114,15 @@ class ModelPool:
                 try:
                     self._swap(endpoint, variant, target)
                 except RegistryError as exc:
-                    logger.error("keeping the current version of %s: %s", variant.variant_name, exc)
+                    failures.append(
+                        RegistryError(
+                            f"variant {variant.variant_name} keeps its current version: {exc}",
+                            exc.reason,
+                        )
+                    )
             self._read_weights(endpoint, state.tags)
+        if failures:
+            raise RegistryError("; ".join(str(f) for f in failures), failures[0].reason)
 
     def _swap(self, endpoint: Endpoint, variant: Variant, version: ModelVersion) -> None:
         name = variant.variant_name

@@ -22,7 +22,7 @@ from gateway.observe.log_writer import InferenceLogWriter
 from gateway.serving.accounting import Accountant
 from gateway.serving.auth import TokenStore
 from gateway.serving.pool import ModelPool
-from gateway.serving.registry import Registry
+from gateway.serving.registry import ERROR, REASONS, Registry, RegistryError
 from gateway.serving.service import InvocationService
 from gateway.serving.shadow import ShadowRunner
 
@@ -89,12 +89,40 @@ class Runtime:
         await asyncio.gather(*(self._refresh_forever(e) for e in self.config.endpoints))
 
     async def _refresh_forever(self, endpoint: Endpoint) -> None:
+        """Refresh one endpoint forever; every failure counted, each streak logged once."""
+        counters = {
+            reason: metrics.REFRESH_FAILURES.labels(endpoint.name, reason) for reason in REASONS
+        }
+        failing: str | None = None  # the reason of the streak of failures going on, if any
+        streak = 0
         while True:
             await asyncio.sleep(endpoint.refresh_seconds)
             try:
                 await asyncio.to_thread(self.pool.refresh, endpoint)
             except Exception as exc:  # an unreachable registry: keep serving what is loaded
-                logger.warning("refresh of endpoint %s failed, serving on: %s", endpoint.name, exc)
+                reason = exc.reason if isinstance(exc, RegistryError) else ERROR
+                counters[reason].inc()
+                streak += 1
+                if reason != failing:
+                    logger.warning(
+                        "refresh of endpoint %s failed (%s), serving on; "
+                        "logged again when it recovers or fails otherwise: %s",
+                        endpoint.name,
+                        reason,
+                        exc,
+                        exc_info=not isinstance(exc, RegistryError),
+                    )
+                    failing = reason
+                else:
+                    logger.debug("refresh of endpoint %s failed again: %s", endpoint.name, exc)
+                continue
+            if failing is not None:
+                logger.warning(
+                    "refresh of endpoint %s recovered after %d failed refresh(es)",
+                    endpoint.name,
+                    streak,
+                )
+            failing, streak = None, 0
 
 
 def build_runtime(
@@ -151,4 +179,5 @@ def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
         rotate_bytes=settings.rotate_bytes,
         rotate_seconds=settings.rotate_seconds,
         on_drop=metrics.count_log_drop if config.metrics.enabled else None,
+        on_depth=metrics.LOG_QUEUE_DEPTH.set if config.metrics.enabled else None,
     )

@@ -8,7 +8,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -321,6 +321,77 @@ def test_a_failed_write_closes_the_file_and_later_records_go_to_a_new_one(
     files = log_files(tmp_path)
     assert [file_sequence(path) for path in files] == [1, 2]
     assert [request_ids(path) for path in files] == [["before"], ["after"]]
+
+
+def dropped(writer: InferenceLogWriter, count: int) -> Callable[[], bool]:
+    """Whether `writer` has dropped `count` records."""
+    return lambda: writer.dropped == count
+
+
+def test_a_disk_that_stays_full_leaves_no_empty_files_behind(
+    tmp_path: Path, writers: list[InferenceLogWriter]
+) -> None:
+    disk_full = threading.Event()
+    disk_full.set()
+    opened: list[Path] = []
+
+    def full_disk(path: Path) -> IO[str]:
+        opened.append(path)
+        return FlakyFile(path, disk_full)
+
+    drops: list[tuple[str, int]] = []
+    writer = started(
+        writers,
+        tmp_path,
+        opener=full_disk,
+        retry_seconds=0.2,
+        on_drop=lambda reason, count: drops.append((reason, count)),
+    )
+    for n in range(1, 4):
+        writer.submit(make_record(f"lost {n}"))
+        wait_until(dropped(writer, n), f"failed batch {n} to be counted", DEADLINE)
+        assert len(list(tmp_path.iterdir())) <= 1
+    disk_full.clear()
+    writer.submit(make_record("after"))
+    writer.close()
+
+    assert drops == [("write_error", 1)] * 3
+    assert len(opened) == 4  # one attempt a failed batch, none between them
+    assert all(path.stat().st_size > 0 for path in tmp_path.iterdir())
+    assert all_request_ids(tmp_path) == ["after"]
+
+
+def test_a_burst_of_batches_after_a_write_error_waits_for_one_retry(
+    tmp_path: Path, writers: list[InferenceLogWriter]
+) -> None:
+    disk_full = threading.Event()
+    disk_full.set()
+    opened: list[Path] = []
+
+    def full_disk(path: Path) -> IO[str]:
+        opened.append(path)
+        return FlakyFile(path, disk_full)
+
+    writer = started(writers, tmp_path, opener=full_disk, retry_seconds=2.0, linger_seconds=0)
+    writer.submit(make_record("lost"))
+    wait_until(lambda: writer.dropped == 1, "the write error to be counted", DEADLINE)
+    for n in range(20):
+        writer.submit(make_record(f"waiting {n}"))
+    wait_until(lambda: writer.queue_depth() <= 19, "the writer to take the next batch", DEADLINE)
+
+    assert len(opened) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_reports_its_queue_depth_after_writing(
+    tmp_path: Path, writers: list[InferenceLogWriter]
+) -> None:
+    depths: list[int] = []
+    writer = started(writers, tmp_path, on_depth=depths.append)
+    for n in range(50):
+        writer.submit(make_record(f"r{n}"))
+    wait_until(lambda: writer.written == 50, "every record", DEADLINE)
+    wait_until(lambda: bool(depths) and depths[-1] == 0, "a depth of 0 to be reported", DEADLINE)
 
 
 def test_the_writer_survives_a_record_that_cannot_be_encoded(

@@ -204,3 +204,14 @@ def test_a_mapping_for_batching_reports_only_the_mappings_problem() -> None:
         "endpoints: [{name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 0}}]"
     )
     assert problems == ["endpoints[0].batching.max_batch_size: must be a number >= 1, got 0"]
+
+
+def test_the_startup_deadline_and_registry_timeout_default_and_are_validated() -> None:
+    endpoints = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
+    config = parse_config(endpoints, {})
+    assert (config.startup_deadline_seconds, config.registry_timeout_seconds) == (30.0, 10)
+    problems = problems_of(endpoints + "startup_deadline_seconds: 0\nregistry_timeout_seconds: 0\n")
+    assert [problem.split(":")[0] for problem in problems] == [
+        "startup_deadline_seconds",
+        "registry_timeout_seconds",
+    ]
