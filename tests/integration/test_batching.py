@@ -1,6 +1,5 @@
 """Adaptive batching on a real server: merged predict calls, answers as if each request were alone."""
 
-import re
 import threading
 from collections.abc import Callable
 
@@ -47,13 +46,9 @@ def _body(tenures: list[int]) -> dict[str, object]:
     }
 
 
-def _queued(url: str) -> float:
-    match = re.search(
-        r'^gateway_batch_queue_depth\{[^}]*variant="champion"[^}]*\} (\S+)$',
-        httpx.get(f"{url}/metrics").text,
-        re.M,
-    )
-    return float(match.group(1)) if match else 0.0
+def _queued(url: str, endpoint: str) -> float:
+    # Other endpoints batch too (auto): only this endpoint's queue counts.
+    return sample(scrape(url), "gateway_batch_queue_depth", endpoint=endpoint, variant="champion")
 
 
 def _send_behind_a_held_batch(
@@ -74,7 +69,9 @@ def _send_behind_a_held_batch(
         others = [threading.Thread(target=send, args=item) for item in requests.items()]
         for thread in others:
             thread.start()
-        wait_until(lambda: _queued(url) == len(requests), "every request to queue behind it")
+        wait_until(
+            lambda: _queued(url, "batchprobe") == len(requests), "every request to queue behind it"
+        )
     finally:
         models.GATE.set()
     for thread in [first, *others]:

@@ -178,7 +178,7 @@ def test_a_batch_answered_at_once_starts_one_shadow_copy_and_drops_the_rest(
         for thread in others:
             thread.start()
         wait_until(
-            lambda: sample(scrape(url), "gateway_batch_queue_depth") == 8,
+            lambda: sample(scrape(url), "gateway_batch_queue_depth", endpoint="shadowbatch") == 8,
             "eight requests to queue",
         )
         models.GATE.set()
