@@ -295,17 +295,20 @@ def without_echo(error: GatewayError, body: bytes) -> GatewayError:
 
     MLflow, pandas and the models quote what they could not read (`could not convert string to
     float: 'alice@example.com'`); a client error must never echo request data, so a quoted
-    fragment that the body holds (as sent, or JSON-escaped) becomes `'...'`. Column names the
-    request lacks are not in the body, so they stay.
+    fragment that the body holds as a whole value (a JSON string, a CSV cell, or raw bytes of a
+    binary body) becomes `'...'`. Column names the request lacks are not in the body: they stay.
     """
     if not body or not any(quote in error.message for quote in "'\"`"):
         return error
-    text = body.decode("utf-8", "replace")
+    try:
+        text, binary = body.decode("utf-8"), False
+    except UnicodeDecodeError:
+        text, binary = body.decode("utf-8", "replace"), True
     echoed = {
         fragment
         for match in _QUOTED.finditer(error.message)
         if (fragment := match.group(1) or match.group(2) or match.group(3))
-        and _in_body(fragment, text)
+        and _in_body(fragment, text, body if binary else None)
     }
     if not echoed:
         return error
@@ -319,9 +322,20 @@ def without_echo(error: GatewayError, body: bytes) -> GatewayError:
 _MANGLED = re.compile(r"\.\d+$")  # pandas renames a repeated column `x` to `x.1`
 
 
-def _in_body(fragment: str, text: str) -> bool:
-    candidates = {fragment, _MANGLED.sub("", fragment)}
-    return any(c in text or json.dumps(c)[1:-1] in text for c in candidates if c)
+def _in_body(fragment: str, text: str, binary: bytes | None) -> bool:
+    """Whether the body holds the fragment whole: a JSON string, a CSV cell, or raw bytes.
+
+    Whole values only: the word `split` of a message is not an echo of `dataframe_split`.
+    """
+    for candidate in {fragment, _MANGLED.sub("", fragment)}:
+        if not candidate:
+            continue
+        cell = re.compile(rf"(?:^|[,\r\n]){re.escape(candidate)}(?:$|[,\r\n])", re.MULTILINE)
+        if json.dumps(candidate) in text or cell.search(text):
+            return True
+        if binary is not None and candidate.encode() in binary:
+            return True
+    return False
 
 
 def _scrub(message: str) -> str:

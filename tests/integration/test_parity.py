@@ -153,6 +153,8 @@ CASES = [
     Case(
         "inputs, list of lists",
         _json({"inputs": ROWS}),
+        # MLflow quotes the cell it could not cast; the gateway never echoes request data.
+        parity=Parity.SAME_ERROR_CODE,
     ),
     Case("inputs, a scalar", _json({"inputs": 5}), parity=Parity.SAME_ERROR_CODE),
     # params and keys

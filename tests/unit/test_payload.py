@@ -310,6 +310,12 @@ def test_a_document_without_client_fields_is_not_copied() -> None:
             'Unable to parse string "..." at position 0',
         ),
         ("Invalid input 'a'.", b"a", "Invalid input '...'."),
+        (
+            "not a valid dataframe representation in 'split' format.",
+            b'{"dataframe_split": {"columns": ["a"], "data": [[1, 2]]}}',
+            "not a valid dataframe representation in 'split' format.",
+        ),
+        ("Bad value 'secret'", b"PAR1\x00\xff\x15secret\x00", "Bad value '...'"),
         ("Nothing quoted here.", b"anything", "Nothing quoted here."),
     ],
 )
