@@ -54,10 +54,12 @@ def sample(
 
 def read_records(directory: Path) -> list[dict[str, Any]]:
     """Every inference-log record in a directory's files."""
+    # JSON Lines are separated by "\n" alone: str.splitlines would also split a record at a
+    # U+2028 or U+0085 that a request body holds inside a JSON string.
     return [
         json.loads(line)
         for path in sorted(directory.glob("*.jsonl"))
-        for line in path.read_text(encoding="utf-8").splitlines()
+        for line in path.read_text(encoding="utf-8").split("\n")
         if line
     ]
 
