@@ -238,7 +238,14 @@ class InferenceLogWriter:
             try:
                 record = item() if callable(item) else item
                 line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-                lines.append((line + "\n", len(line.encode("utf-8")) + 1))
+                try:
+                    size = len(line.encode("utf-8"))
+                except UnicodeEncodeError:
+                    # A lone surrogate (a body's "\ud800" decoded, quoted back in an error):
+                    # stored escaped, which JSON reads back to the same string.
+                    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+                    size = len(line)
+                lines.append((line + "\n", size + 1))
             except Exception as exc:  # one record that cannot be encoded must not cost the others
                 self._drop(DROP_WRITE_ERROR, 1, exc)
         written_before = self._written

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.core.record import build_record, user_key_hash
 from gateway.observe.log_writer import InferenceLogWriter
-from tests.helpers import documented_record_fields
+from tests.helpers import documented_record_fields, read_records
 from tests.integration.conftest import wait_until
 
 DEADLINE = 5.0
@@ -408,6 +408,20 @@ def test_the_writer_survives_a_record_that_cannot_be_encoded(
 
     assert drops == [("write_error", 1)]
     assert all_request_ids(tmp_path) == ["before", "after"]
+
+
+def test_a_record_holding_a_lone_surrogate_is_written_and_reads_back_the_same(
+    tmp_path: Path, writers: list[InferenceLogWriter]
+) -> None:
+    # What a body of {"inputs": "\\ud800"} leaves when an error quotes the decoded value.
+    drops: list[tuple[str, int]] = []
+    writer = started(writers, tmp_path, on_drop=lambda reason, count: drops.append((reason, count)))
+    writer.submit(make_record("surrogate", error="Invalid input: '\ud800'"))
+    writer.close()
+
+    assert drops == []
+    (record,) = read_records(tmp_path)
+    assert record["error"] == "Invalid input: '\ud800'"
 
 
 def test_a_removed_directory_is_made_again_for_the_next_file(
