@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from benchmarks.gatewaybench.errors import BenchmarkError
 from benchmarks.gatewaybench.figures import Result
@@ -42,10 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", choices=MODELS, default="logistic")
     parser.add_argument("--rounds", type=int, default=6, help="rounds per cell (default 6)")
     parser.add_argument("--seconds", type=int, default=4, help="seconds a round (default 4)")
+    parser.add_argument(
+        "--batching",
+        choices=["default", "explicit"],
+        default="default",
+        help="default: the config a user writes (what each commit does by default); explicit: "
+        "max_batch_size 32, max_wait_ms 2 on both, to compare the request path alone",
+    )
     args = parser.parse_args(argv)
     try:
         with _worktree(args.base) as base, tempfile.TemporaryDirectory() as temporary:
-            rows = _compare(base, Path(temporary), args.model, args.rounds, args.seconds)
+            explicit = args.batching == "explicit"
+            rows = _compare(base, Path(temporary), args.model, args.rounds, args.seconds, explicit)
     except (BenchmarkError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -65,7 +74,7 @@ def _worktree(revision: str) -> Iterator[Path]:
 
 
 def _compare(
-    base: Path, directory: Path, model: str, rounds: int, seconds: int
+    base: Path, directory: Path, model: str, rounds: int, seconds: int, explicit: bool
 ) -> list[tuple[Cell, list[Result], list[Result]]]:
     wrk = ensure_wrk()
     bodies = payloads(model_features(model))
@@ -77,7 +86,7 @@ def _compare(
             side,
             WORKERS,
             feature,
-            gateway_config(tracking_uri, directory / side, feature),
+            _config(tracking_uri, directory / side, feature, explicit),
             base if side == "base" else None,
         )
         for side in ("base", "head")
@@ -99,6 +108,15 @@ def _compare(
             print(f"measured {feature} at {connections} connection(s)", flush=True)
             measured.append((cell, sides["base"], sides["head"]))
     return measured
+
+
+def _config(
+    tracking_uri: str, directory: Path, feature: Features, explicit: bool
+) -> dict[str, Any]:
+    config = gateway_config(tracking_uri, directory, feature)
+    if explicit:
+        config["endpoints"][0]["batching"] = {"max_batch_size": 32, "max_wait_ms": 2}
+    return config
 
 
 def _table(base: str, rows: list[tuple[Cell, list[Result], list[Result]]]) -> str:
