@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from gateway.commands.cli import main
 from gateway.commands.demo import MODEL_NAME
 from gateway.commands.report_mlflow import REASON_TAG, RUN_TAG, VERDICT_TAG
-from tests.report_helpers import START, record, write_csv, write_log
+from tests.helpers import START, record, write_csv, write_log
 
 
 def test_the_report_becomes_a_run_and_a_tag_on_the_challengers_version(

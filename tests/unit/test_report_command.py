@@ -11,7 +11,7 @@ import pytest
 from gateway.commands import report as report_command
 from gateway.commands.cli import main
 from gateway.core.routing import choose_sticky
-from tests.report_helpers import SECRET, START, record, write_csv, write_log
+from tests.helpers import SECRET, START, record, write_csv, write_log
 
 SPLIT = {"champion": 50, "challenger": 50}
 

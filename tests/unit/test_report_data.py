@@ -11,7 +11,7 @@ import pytest
 from gateway.observe.report import data as report_data
 from gateway.observe.report import series as report_series
 from gateway.observe.report.data import ReportInputError
-from tests.report_helpers import START, record, write_log
+from tests.helpers import START, record, write_log
 
 
 @pytest.fixture

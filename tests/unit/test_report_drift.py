@@ -12,7 +12,7 @@ import pytest
 from gateway.observe.report import data as report_data
 from gateway.observe.report import drift as report_drift
 from gateway.observe.report import series as report_series
-from tests.report_helpers import FEATURES, record, write_log
+from tests.helpers import FEATURES, record, write_log
 
 PLANS = ["basic", "plus", "pro"]
 

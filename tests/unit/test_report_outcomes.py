@@ -15,7 +15,7 @@ from gateway.core.record import user_key_hash
 from gateway.observe.report import data as report_data
 from gateway.observe.report import outcomes as report_outcomes
 from gateway.observe.report.data import ReportInputError
-from tests.report_helpers import SECRET, START, record, write_csv, write_log
+from tests.helpers import SECRET, START, record, write_csv, write_log
 
 
 @pytest.fixture
