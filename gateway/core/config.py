@@ -171,7 +171,21 @@ class GatewayConfig(_Model):
     metrics: Metrics = Metrics()
     # None: no authentication, every route is open.
     auth: Auth | None = None
-    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # Limits a worker sets on what one client can make it hold (README, "Limits").
+    # A request's body: larger ones get 413 (Databricks Model Serving's limit is 16 MB too).
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    # Rows of one request, as parsed: more get 413 (batch scoring belongs in a batch job).
+    max_request_rows: Annotated[int, Field(ge=1)] = 100_000
+    # Request bodies one worker holds at once: past it a request gets 503 and Retry-After. A body
+    # peaks at up to ~16 times its size while parsed, so the default keeps a worker's requests
+    # under ~512 MiB.
+    max_in_flight_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # A request's header section, in bytes and in fields: past either, 431.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    max_headers: Annotated[int, Field(ge=8, le=10_000)] = 100
+    # From a request's first byte to the end of its headers, and to the end of its body: 408.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
     # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
@@ -199,6 +213,16 @@ class GatewayConfig(_Model):
             raise ValueError(
                 f"batching.max_wait_ms must be below request_timeout_seconds "
                 f"({limit:g} ms): {', '.join(late)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_request_fits_in_flight(self) -> Self:
+        if self.max_in_flight_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_in_flight_bytes ({self.max_in_flight_bytes}) must be at least "
+                f"max_request_bytes ({self.max_request_bytes}): a largest request could never "
+                f"be read"
             )
         return self
 

@@ -4,7 +4,8 @@ from collections.abc import Mapping
 from typing import Final
 
 # Modelled on MLflow's ERROR_CODE_TO_HTTP_STATUS so that clients written for `mlflow models serve`
-# see the codes they know; the last five have no MLflow equivalent and name what went wrong.
+# see the codes they know; those after DEADLINE_EXCEEDED have no MLflow equivalent and name what
+# went wrong.
 HTTP_STATUS: Final[dict[str, int]] = {
     "BAD_REQUEST": 400,
     "INVALID_PARAMETER_VALUE": 400,
@@ -18,7 +19,9 @@ HTTP_STATUS: Final[dict[str, int]] = {
     "TEMPORARILY_UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
     "METHOD_NOT_ALLOWED": 405,
+    "REQUEST_TIMEOUT": 408,
     "PAYLOAD_TOO_LARGE": 413,
+    "REQUEST_HEADER_FIELDS_TOO_LARGE": 431,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     # nginx's code for a client that went away before its answer: only logs and metrics see it.
     "CLIENT_CLOSED_REQUEST": 499,

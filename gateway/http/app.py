@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, internal_error
+from gateway.http.body import BodyReader, ClientGoneError
 from gateway.observe import metrics
 from gateway.serving.auth import TokenStore
 from gateway.serving.outcome import Invocation, Outcome
@@ -44,6 +45,7 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
     config = runtime.config
     auth = runtime.auth
     routes = _Routes(runtime, peers_ready)
+    reader = BodyReader(config)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -80,9 +82,7 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
             found = _INVOCATIONS.fullmatch(scope["path"])
             if found is not None:
                 name = found["name"]
-                await _invoke(
-                    runtime.service, config.max_request_bytes, auth, name, scope, receive, send
-                )
+                await _invoke(runtime.service, reader, auth, name, scope, receive, send)
                 return
         await rest(scope, receive, send)
 
@@ -146,13 +146,9 @@ def _describe(runtime: Runtime, name: str) -> dict[str, Any]:
     }
 
 
-class _ClientGoneError(Exception):
-    """The client disconnected before its request body was read."""
-
-
 async def _invoke(
     service: InvocationService,
-    limit: int,
+    reader: BodyReader,
     auth: TokenStore | None,
     name: str | None,
     scope: Scope,
@@ -191,18 +187,25 @@ async def _invoke(
         await _send_outcome(send, service.refuse(invocation, refusal))
         return
     try:
-        body = await _receive_body(receive, headers, limit)
+        body = await reader.read(receive, headers)
     except GatewayError as error:
-        await _send_outcome(send, service.refuse(invocation, error))
+        # The rest of the body is not read: the connection cannot carry another request.
+        await _send_outcome(send, service.refuse(invocation, error), close=True)
         return
-    except _ClientGoneError:
+    except ClientGoneError:
         service.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "The client went away."))
         return
-    await _send_outcome(send, await service.invoke(dataclasses.replace(invocation, body=body)))
+    try:
+        outcome = await service.invoke(dataclasses.replace(invocation, body=body))
+    finally:
+        reader.release(len(body))
+    await _send_outcome(send, outcome)
 
 
-async def _send_outcome(send: Send, outcome: Outcome) -> None:
+async def _send_outcome(send: Send, outcome: Outcome, *, close: bool = False) -> None:
     headers = [(b"x-request-id", outcome.invocation.request_id.encode("latin-1"))]
+    if close:
+        headers.append(_CLOSE)
     if outcome.parts:
         variants = ",".join(part.variant for part in outcome.parts)
         versions = ",".join(part.model_version for part in outcome.parts)
@@ -219,6 +222,8 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
     else:
         if outcome.error.status_code == 401:
             headers.append(_CHALLENGE)
+        elif outcome.error.status_code == 503:
+            headers.append(_RETRY_AFTER)
         body = json.dumps(outcome.error.to_dict()).encode()
         await _send(send, outcome.error.status_code, body, headers)
 
@@ -226,6 +231,9 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
 _ALLOW_POST = [(b"allow", b"POST")]
 # RFC 6750: a 401 says which scheme would do.
 _CHALLENGE = (b"www-authenticate", b"Bearer")
+# RFC 9110: a 503 may say when to come back; a worker's load passes within a second.
+_RETRY_AFTER = (b"retry-after", b"1")
+_CLOSE = (b"connection", b"close")
 
 
 async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -237,26 +245,6 @@ async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes,
 
 async def _send_error(send: Send, error: GatewayError, headers: list[tuple[bytes, bytes]]) -> None:
     await _send(send, error.status_code, json.dumps(error.to_dict()).encode(), list(headers))
-
-
-async def _receive_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
-    declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise GatewayError("PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes.")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGoneError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise GatewayError(
-                "PAYLOAD_TOO_LARGE", f"The request body is larger than {limit} bytes."
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _method_not_allowed(method: str, path: str) -> GatewayError:

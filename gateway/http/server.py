@@ -15,10 +15,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from gateway.core.config import GatewayConfig
 from gateway.http.app import create_app
+from gateway.http.protocol import protocol_for
 from gateway.observe import metrics
 from gateway.observe.logconfig import LogFormat, configure_logging
 from gateway.serving.runtime import build_runtime
@@ -29,22 +29,6 @@ STARTUP_FAILED = 3
 # A worker that dies this soon after it started is failing to start, not crashing in service.
 _EARLY_EXIT_SECONDS = 10.0
 _GRACE_SECONDS = 30.0
-
-
-class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
-    """uvicorn's HTTP protocol with TCP_NODELAY on every accepted connection.
-
-    A listening socket handed to uvicorn (as every worker gets one) leaves Nagle's algorithm on,
-    so keep-alive responses wait for the client's delayed ACK (~40 ms on Linux).
-    """
-
-    def connection_made(self, transport: Any) -> None:
-        """Turn off Nagle's algorithm, then carry on as uvicorn does."""
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
 
 
 class _Server(uvicorn.Server):
@@ -132,7 +116,7 @@ def _serve_here(
     server = _Server(
         uvicorn.Config(
             app,
-            http=NoDelayHTTPProtocol,
+            http=protocol_for(config),
             lifespan="on",
             access_log=False,
             log_config=None,

@@ -45,6 +45,8 @@ class InputSpec:
     metadata: Any
     input_schema: Any
     plan: FramePlan | None = None
+    # Rows a request may have (`max_request_rows`): more get 413. None: no limit.
+    max_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,10 +86,33 @@ class ModelInput:
 def parse(spec: InputSpec, body_format: "Format", body: bytes) -> ModelInput:
     """The one way a request body becomes model input, whatever path it takes (single, batch, shadow)."""
     if body_format is Format.JSON:
-        return parse_json(decode_json(body), spec.metadata, spec.input_schema, spec.plan)
-    if body_format is Format.CSV:
-        return parse_csv(body, spec.input_schema)
-    return parse_parquet(body)
+        document = decode_json(body)
+        # Counted before anything is built from them: a refused request costs its JSON only.
+        _check_rows(_json_rows(document), spec.max_rows)
+        parsed = parse_json(document, spec.metadata, spec.input_schema, spec.plan)
+    elif body_format is Format.CSV:
+        parsed = parse_csv(body, spec.input_schema)
+    else:
+        parsed = parse_parquet(body)
+    _check_rows(parsed.row_count, spec.max_rows)
+    return parsed
+
+
+def _json_rows(document: dict[str, Any]) -> int:
+    """The rows of a JSON request's input as sent (0 when its shape is not a list of rows)."""
+    data = document.get("dataframe_split")
+    if isinstance(data, dict):
+        data = data.get("data")
+    else:
+        data = next((document[key] for key in SUPPORTED_KEYS[1:] if key in document), None)
+    return len(data) if isinstance(data, list) else 0
+
+
+def _check_rows(rows: int, limit: int | None) -> None:
+    if limit is not None and rows > limit:
+        raise GatewayError(
+            "PAYLOAD_TOO_LARGE", f"The request has {rows} rows; at most {limit} are accepted."
+        )
 
 
 _SUPPORTED = ", ".join(f"'{fmt.value}'" for fmt in Format)

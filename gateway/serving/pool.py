@@ -7,7 +7,7 @@ finishes; the old version is freed when its last request lets go of it.
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.core.batch_policy import BatchPolicy, batch_policy
 from gateway.core.config import Endpoint, GatewayConfig, Variant
@@ -143,6 +143,9 @@ class ModelPool:
             except RegistryError:
                 metrics.MODEL_LOAD_FAILURES.labels(endpoint.name, name).inc()
                 raise
+            # Parsing any request for this version refuses more rows than a request may have.
+            spec = replace(model.spec, max_rows=self._config.max_request_rows)
+            model = replace(model, spec=spec)
         self._models[(endpoint.name, name)] = model
         policy = policy_of(endpoint, model)
         logger.info(

@@ -16,7 +16,8 @@ import yaml
 from gateway.commands.demo import FEATURES, MODEL_NAME, build_demo
 from gateway.core.config import GatewayConfig, parse_config
 from gateway.http.app import create_app
-from gateway.http.server import NoDelayHTTPProtocol, bind
+from gateway.http.protocol import protocol_for
+from gateway.http.server import bind
 from gateway.observe.log_writer import InferenceLogWriter
 from gateway.serving.registry import Registry
 from gateway.serving.runtime import build_runtime
@@ -78,7 +79,7 @@ def running_gateway(
     port = sock.getsockname()[1]
     app = create_app(build_runtime(config, registry=registry, log_writer=log_writer))
     server = uvicorn.Server(
-        uvicorn.Config(app, http=NoDelayHTTPProtocol, log_config=None, access_log=False)
+        uvicorn.Config(app, http=protocol_for(config), log_config=None, access_log=False)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
