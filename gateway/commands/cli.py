@@ -47,6 +47,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     if args.command == "check":
+        from gateway.serving.registry import bound_http_requests
+
+        # An unreachable registry is an answer in seconds, not after MLflow's minutes of retries.
+        bound_http_requests(config.registry_timeout_seconds)
         return _check(config)
     if args.command == "rollout":
         from gateway.commands import rollout as rollout_command

@@ -172,6 +172,19 @@ def test_an_unreachable_registry_is_retried_visibly_then_exits_1_at_the_deadline
     assert "listening" not in gateway.output
 
 
+def test_check_reports_an_unreachable_registry_without_mlflows_minutes_of_retries(
+    write_config: Callable[..., Path],
+) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "", "MLFLOW_HTTP_REQUEST_TIMEOUT": ""}
+    gateway = GatewayProcess("check", "--config", str(write_config(tracking_uri=uri)), env=env)
+    # MLflow's own defaults (7 retries, growing pauses) would take minutes.
+    assert gateway.wait(timeout=60) == 1
+    assert f"error: endpoint churn variant champion: models:/churn@champion (registry {uri})" in (
+        gateway.output
+    )
+
+
 def test_check_prints_what_each_variant_resolves_to(write_config: Callable[..., Path]) -> None:
     gateway = GatewayProcess("check", "--config", str(write_config()))
     assert gateway.wait() == 0
@@ -221,12 +234,13 @@ def test_two_workers_serve_correct_predictions_and_stop_gracefully(
     assert gateway.wait() == 0
 
 
-def test_one_worker_stops_on_sigterm_with_status_0_and_a_record_per_answer(
-    tmp_path: Path, write_config: Callable[..., Path], served: list[GatewayProcess]
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_under_load_exits_0_with_a_record_per_answer(
+    tmp_path: Path, write_config: Callable[..., Path], served: list[GatewayProcess], workers: str
 ) -> None:
     logs = tmp_path / "logs"
     path = write_config(inference_log={"dir": str(logs)})
-    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0")
+    gateway = GatewayProcess("serve", "--config", str(path), "--port", "0", "--workers", workers)
     served.append(gateway)
     url = gateway.url()
     wait_healthy(url)
