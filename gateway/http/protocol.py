@@ -12,6 +12,7 @@ Limits on the body (its size, rows and read time) belong to the app, where the r
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from typing import Any
 
@@ -21,8 +22,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gateway.core.config import GatewayConfig
 from gateway.core.errors import GatewayError
 from gateway.observe import metrics
+from gateway.observe.quiet import QuietLog
 from gateway.serving.accounting import NONE, UNKNOWN
 
+_QUIET = QuietLog(logging.getLogger("uvicorn.error"))
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -130,9 +133,9 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def _invalid(self) -> None:
-        # As uvicorn answers a request it cannot parse.
+        # As uvicorn answers a request it cannot parse, with one log line per interval at most.
         msg = "Invalid HTTP request received."
-        self.logger.warning(msg)
+        _QUIET.warning("invalid", msg)
         self.send_400_response(msg)
 
     def _start_head_timer(self) -> None:
