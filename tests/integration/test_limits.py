@@ -63,6 +63,16 @@ def _closed(sock: socket.socket) -> bool:
         return True
 
 
+def _refused(url: str, *chunks: bytes) -> tuple[int, dict[str, str], dict[str, str]]:
+    """Send `chunks` on a new connection; the status, headers and error of an answer that closes it."""
+    with _connect(url) as sock:
+        for chunk in chunks:
+            sock.sendall(chunk)
+        status, headers, body = _response(sock)
+        assert _closed(sock)
+    return status, headers, json.loads(body)
+
+
 def _requests(url: str, status: int) -> float:
     return sample(scrape(url), "gateway_requests_total", status=str(status))
 
@@ -90,14 +100,14 @@ def limited(make_config: Callable[..., GatewayConfig], log_dir: Path) -> Iterato
 
 def test_a_header_section_past_its_size_gets_431_before_it_is_all_sent(limited: str) -> None:
     before = _requests(limited, 431)
-    with _connect(limited) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nhost: gateway\r\nx-big: " + b"a" * 3000)
-        sock.sendall(SECRET.encode() * 100)  # past 4 KiB, and the header never ends
-        status, headers, body = _response(sock)
-        assert _closed(sock)
+    status, headers, error = _refused(
+        limited,
+        b"POST /invocations HTTP/1.1\r\nhost: gateway\r\nx-big: " + b"a" * 3000,
+        SECRET.encode() * 100,  # past 4 KiB, and the header never ends
+    )
     assert status == 431
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {
+    assert error == {
         "error_code": "REQUEST_HEADER_FIELDS_TOO_LARGE",
         "message": "The request's headers exceed 4096 bytes.",
     }
@@ -106,25 +116,21 @@ def test_a_header_section_past_its_size_gets_431_before_it_is_all_sent(limited: 
 
 def test_too_many_header_fields_get_431_without_echo(limited: str) -> None:
     fields = b"".join(b"x-field-%d: %s\r\n" % (n, SECRET.encode()) for n in range(21))
-    with _connect(limited) as sock:
-        sock.sendall(b"GET /ping HTTP/1.1\r\nhost: gateway\r\n" + fields + b"\r\n")
-        status, _, body = _response(sock)
-        assert _closed(sock)
+    status, _, error = _refused(
+        limited, b"GET /ping HTTP/1.1\r\nhost: gateway\r\n" + fields + b"\r\n"
+    )
     assert status == 431
-    assert json.loads(body)["message"] == "The request has more than 20 headers."
-    assert SECRET.encode() not in body
+    assert error["message"] == "The request has more than 20 headers."
+    assert SECRET not in json.dumps(error)
 
 
 @pytest.mark.parametrize("sent", [b"", b"POST /invocations HTTP/1.1\r\nhost: gate"])
 def test_headers_that_do_not_arrive_in_time_get_408_and_a_closed_connection(
     limited: str, sent: bytes
 ) -> None:
-    with _connect(limited) as sock:
-        sock.sendall(sent)
-        status, _, body = _response(sock)
-        assert _closed(sock)
+    status, _, error = _refused(limited, sent)
     assert status == 408
-    assert json.loads(body)["error_code"] == "REQUEST_TIMEOUT"
+    assert error["error_code"] == "REQUEST_TIMEOUT"
 
 
 def test_a_keep_alive_connection_gets_the_header_time_for_each_request(limited: str) -> None:
@@ -138,16 +144,14 @@ def test_a_keep_alive_connection_gets_the_header_time_for_each_request(limited: 
 
 def test_a_body_that_stalls_gets_408_and_its_record(limited: str, log_dir: Path) -> None:
     request_id = "stalled-body"
-    with _connect(limited) as sock:
-        sock.sendall(
-            b"POST /invocations HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
-            b"x-request-id: " + request_id.encode() + b'\r\ncontent-length: 100\r\n\r\n{"data'
-        )
-        status, headers, body = _response(sock)
-        assert _closed(sock)
+    status, headers, error = _refused(
+        limited,
+        b"POST /invocations HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+        b"x-request-id: " + request_id.encode() + b'\r\ncontent-length: 100\r\n\r\n{"data',
+    )
     assert status == 408
     assert headers["connection"] == "close"
-    assert json.loads(body) == {
+    assert error == {
         "error_code": "REQUEST_TIMEOUT",
         "message": "The request's body took over 0.5 s to arrive.",
     }
@@ -157,7 +161,7 @@ def test_a_body_that_stalls_gets_408_and_its_record(limited: str, log_dir: Path)
 
     wait_until(lambda: bool(recorded()), "the record of the refused request")
     [record] = recorded()
-    assert (record["status_code"], record["error"]) == (408, json.loads(body)["message"])
+    assert (record["status_code"], record["error"]) == (408, error["message"])
 
 
 def test_a_slow_but_steady_body_within_its_time_is_served(limited: str) -> None:
