@@ -174,6 +174,10 @@ class GatewayConfig(_Model):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Invocations one worker admits at once; past it a 503. None: derived, see `in_flight_limit`.
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None
+    # Longest a request waits for its predict to start, past it a 503; None or 0: no limit.
+    max_queue_ms: Annotated[float, Field(ge=0)] | None = 1000.0
     # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
     startup_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # MLflow's timeout of one registry HTTP request, unless MLFLOW_HTTP_REQUEST_TIMEOUT is set.
@@ -205,6 +209,35 @@ class GatewayConfig(_Model):
     def endpoint(self, name: str) -> Endpoint | None:
         """The endpoint called `name`, if any."""
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+
+    def in_flight_limit(self, predict_threads: int) -> int:
+        """`max_in_flight`, or what a worker with `predict_threads` threads can keep busy.
+
+        Each predict thread runs one batch of at most the largest `max_batch_size` (1 where no
+        endpoint batches) while the next batch forms behind it: twice that keeps every thread
+        busy, and a request admitted past it would only wait. At least `MIN_IN_FLIGHT`, so that
+        a burst of a few dozen clients on a model that is not batched is never refused.
+        """
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        largest = max(_batch_size(endpoint.batching) for endpoint in self.endpoints)
+        return max(MIN_IN_FLIGHT, 2 * predict_threads * largest)
+
+    @property
+    def max_queue_seconds(self) -> float | None:
+        """`max_queue_ms` in seconds; None when requests may wait for their predict at will."""
+        return self.max_queue_ms / 1000 if self.max_queue_ms else None
+
+
+# The derived `max_in_flight` is never below this.
+MIN_IN_FLIGHT = 64
+
+
+def _batch_size(batching: Batching | Literal["auto", "off"]) -> int:
+    """The most requests one predict call of an endpoint takes (`auto` batches as Batching())."""
+    if batching == "off":
+        return 1
+    return (batching if isinstance(batching, Batching) else Batching()).max_batch_size
 
 
 def _repeated(names: list[str]) -> list[str]:
