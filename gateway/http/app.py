@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.core.errors import GatewayError, internal_error
+from gateway.core.errors import GatewayError, ShedError, internal_error
 from gateway.observe import metrics
 from gateway.serving.auth import TokenStore
 from gateway.serving.outcome import Invocation, Outcome
@@ -219,6 +219,8 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
     else:
         if outcome.error.status_code == 401:
             headers.append(_CHALLENGE)
+        if isinstance(outcome.error, ShedError):
+            headers.append((b"retry-after", str(outcome.error.retry_after).encode()))
         body = json.dumps(outcome.error.to_dict()).encode()
         await _send(send, outcome.error.status_code, body, headers)
 

@@ -6,7 +6,7 @@ from functools import partial
 from typing import Any
 
 from gateway.core.config import GatewayConfig
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
 from gateway.core.record import build_record, should_sample, user_key_hash
 from gateway.core.routing import Routing
 from gateway.observe import metrics
@@ -59,6 +59,8 @@ class Accountant:
             label = self._label(outcome.invocation.endpoint)
             for part in parts:
                 _count(label, part, outcome.status_code, outcome.duration)
+            if isinstance(outcome.error, ShedError):
+                metrics.SHED.labels(label, outcome.error.reason).inc()
         if outcome.endpoint is None or not self._sampled(outcome):
             return
         message = None if outcome.error is None else outcome.error.message

@@ -5,20 +5,27 @@ import json
 import random
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from gateway.core.config import GatewayConfig, parse_config
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
 from gateway.core.record import user_key_hash
 from gateway.core.routing import choose_sticky
 from gateway.serving.accounting import Accountant
 from gateway.serving.outcome import Invocation, Outcome
 from gateway.serving.service import FORCE_HEADER, InvocationService
-from tests.helpers import FakePool, FakePyfunc, MemoryLogWriter, fake_model
+from tests.helpers import (
+    FakeClock,
+    FakePool,
+    FakePyfunc,
+    ManualExecutor,
+    MemoryLogWriter,
+    fake_model,
+)
 
 SECRET = "a-secret-of-sixteen-characters"
 CONFIG = parse_config(
@@ -86,7 +93,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 def make_service(
-    executor: ThreadPoolExecutor, config: GatewayConfig = CONFIG, seed: int = 7
+    executor: Executor, config: GatewayConfig = CONFIG, seed: int = 7, **options: Any
 ) -> tuple[InvocationService, MemoryLogWriter]:
     """A service on the fake pool, with an accountant writing to memory."""
     writer = MemoryLogWriter()
@@ -97,6 +104,7 @@ def make_service(
         executor,
         accountant,
         rng=random.Random(seed),
+        **options,
     )
     return service, writer
 
@@ -327,3 +335,105 @@ def test_rows_split_between_variants_leave_one_record_each_with_its_own_rows(
         assert record["routing"] == "sticky"
         assert record["split"] == weights
         assert json.loads(record["response"]) == {"predictions": [age * 10 for age in ages]}
+
+
+async def settle() -> None:
+    """Let every task that is ready run until it waits."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def complete(executor: ManualExecutor, index: int) -> None:
+    """Run the `index`th call submitted to the executor, as its worker thread would."""
+    function, args = executor.submitted[index]
+    future = executor.futures[index]
+    try:
+        future.set_result(function(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+
+
+def shed_check(outcome: Outcome, reason: str) -> None:
+    """The outcome is a 503 shed for `reason`, with a retry hint and nothing of the request."""
+    assert isinstance(outcome.error, ShedError)
+    assert (outcome.status_code, outcome.error.error_code) == (503, "TEMPORARILY_UNAVAILABLE")
+    assert (outcome.error.reason, outcome.error.retry_after) == (reason, 1)
+    assert "basic" not in outcome.error.message
+
+
+def test_a_request_past_max_in_flight_is_shed_before_routing_and_recorded_once() -> None:
+    executor = ManualExecutor()
+    service, writer = make_service(executor, max_in_flight=2)
+
+    async def main() -> list[Outcome]:
+        held = [asyncio.create_task(service.invoke(invocation("solo", body(n)))) for n in (1, 2)]
+        await settle()
+        assert len(executor.submitted) == 2  # both admitted, both predicting
+        refused = await service.invoke(invocation("churn", body(3)))
+        assert len(executor.submitted) == 2  # the third was never parsed nor predicted
+        complete(executor, 0)
+        first = await held[0]
+        again = asyncio.create_task(service.invoke(invocation("solo", body(4))))
+        await settle()
+        complete(executor, 1)
+        complete(executor, 2)
+        return [first, refused, await held[1], await again]
+
+    first, refused, second, again = asyncio.run(main())
+    assert [o.status_code for o in (first, second, again)] == [200, 200, 200]
+    shed_check(refused, "in_flight")
+    assert "2 requests" in refused.error.message  # type: ignore[union-attr]
+    records = writer.records()
+    assert [r["status_code"] for r in records] == [503, 200, 200, 200]
+    assert {k: records[0][k] for k in ("endpoint", "variant", "routing", "error")} == {
+        "endpoint": "churn",
+        "variant": None,
+        "routing": None,
+        "error": refused.error.message,  # type: ignore[union-attr]
+    }
+
+
+def test_a_request_that_waited_past_max_queue_for_its_thread_is_shed_there() -> None:
+    executor = ManualExecutor()
+    clock = FakeClock()
+    service, writer = make_service(executor, clock=clock)  # CONFIG: max_queue_ms 1000
+
+    async def main() -> tuple[Outcome, Outcome]:
+        late = asyncio.create_task(service.invoke(invocation("solo", body(1))))
+        await settle()
+        clock.now += 1.0005  # the thread takes it only now
+        complete(executor, 0)
+        on_time = asyncio.create_task(service.invoke(invocation("solo", body(2))))
+        await settle()
+        clock.now += 1.0  # exactly max_queue: still in time
+        complete(executor, 1)
+        return await late, await on_time
+
+    late, on_time = asyncio.run(main())
+    shed_check(late, "queue_time")
+    assert on_time.status_code == 200
+    (part,) = late.parts
+    assert part.variant == "champion"  # it was routed: the record says where it waited
+    late_record, on_time_record = writer.records()
+    assert (late_record["status_code"], late_record["variant"], late_record["routing"]) == (
+        503,
+        "champion",
+        "random",
+    )
+    assert on_time_record["status_code"] == 200
+
+
+def test_max_queue_ms_0_lets_a_request_wait_for_its_thread_at_will() -> None:
+    executor = ManualExecutor()
+    clock = FakeClock()
+    config = CONFIG.model_copy(update={"max_queue_ms": 0})
+    service, _ = make_service(executor, config, clock=clock)
+
+    async def main() -> Outcome:
+        task = asyncio.create_task(service.invoke(invocation("solo", body(1))))
+        await settle()
+        clock.now += 3600
+        complete(executor, 0)
+        return await task
+
+    assert asyncio.run(main()).status_code == 200
