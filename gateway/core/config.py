@@ -211,17 +211,20 @@ class GatewayConfig(_Model):
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
 
     def in_flight_limit(self, predict_threads: int) -> int:
-        """`max_in_flight`, or what a worker with `predict_threads` threads can keep busy.
+        """`max_in_flight`, or as many invocations as a worker can predict without idling.
 
-        Each predict thread runs one batch of at most the largest `max_batch_size` (1 where no
-        endpoint batches) while the next batch forms behind it: twice that keeps every thread
-        busy, and a request admitted past it would only wait. At least `MIN_IN_FLIGHT`, so that
-        a burst of a few dozen clients on a model that is not batched is never refused.
+        A variant's batches run one at a time, each of at most `max_batch_size` requests, so a
+        worker predicts at most `min(threads, batched variants)` batches at once. Twice that many
+        full batches (one predicting, the next one forming) keep every batch full; admitting
+        more adds waiting, not throughput. Never below `MIN_IN_FLIGHT`, so that a burst of a few
+        dozen clients, on a model that is not batched too, is not refused.
         """
         if self.max_in_flight is not None:
             return self.max_in_flight
-        largest = max(_batch_size(endpoint.batching) for endpoint in self.endpoints)
-        return max(MIN_IN_FLIGHT, 2 * predict_threads * largest)
+        batched = [endpoint for endpoint in self.endpoints if endpoint.batching != "off"]
+        largest = max((_batch_size(endpoint.batching) for endpoint in batched), default=1)
+        at_once = min(predict_threads, sum(len(endpoint.variants) for endpoint in batched))
+        return max(MIN_IN_FLIGHT, 2 * (at_once or predict_threads) * largest)
 
     @property
     def max_queue_seconds(self) -> float | None:

@@ -220,24 +220,28 @@ def test_the_startup_deadline_and_registry_timeout_default_and_are_validated() -
 ONE = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
 
 
+TWO = "endpoints: [{name: a, model: a, variants: [{alias: x}, {alias: y}]}]\n"
+
+
 @pytest.mark.parametrize(
     ("text", "threads", "limit"),
     [
-        # auto batches up to 32 requests a call: 4 threads x 32 x 2 (one batch running, one forming)
-        (ONE, 4, 256),
-        (ONE, 8, 512),
+        # `auto` batches up to 32 requests a call, one batch at a time: 2 x 1 x 32
+        (ONE, 4, 64),
+        (TWO, 4, 128),  # two variants: two batches at once
+        (TWO, 1, 64),  # but no more batches at once than threads
         (
             "endpoints:\n"
             "  - {name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 100}}\n"
             "  - {name: b, model: b, variants: [{alias: x}], batching: off}\n",
             4,
-            800,
+            200,
         ),
-        # nothing batched: 4 x 1 x 2 = 8 is below the floor
+        # nothing batched: 2 x 4 threads x 1 = 8 is below the floor
         ("endpoints: [{name: a, model: a, variants: [{alias: x}], batching: off}]\n", 4, 64),
         (ONE + "max_in_flight: 10\n", 4, 10),
     ],
-    ids=["auto", "more threads", "the largest batch", "the floor", "explicit"],
+    ids=["auto", "two variants", "one thread", "the largest batch", "the floor", "explicit"],
 )
 def test_max_in_flight_is_derived_from_threads_and_batch_size_unless_given(
     text: str, threads: int, limit: int
