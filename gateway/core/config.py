@@ -96,6 +96,8 @@ class Endpoint(_Model):
     refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
     # `auto`: batch the flavors that predict each row independently (see core/batch_policy.py).
     batching: Batching | Literal["auto", "off"] = "auto"
+    # The variant that answers a request whose own variant failed with a server error (5xx).
+    fallback: Annotated[str, Field(pattern=_NAME)] | None = None
 
     @field_validator("batching", mode="before")
     @classmethod
@@ -118,6 +120,11 @@ class Endpoint(_Model):
         clashes = sorted(set(self.shadow) & set(names))
         if clashes:
             raise ValueError(f"a shadow alias cannot also be a variant: {', '.join(clashes)}")
+        if self.fallback is not None and self.fallback not in names:
+            raise ValueError(
+                f"fallback must name one of the endpoint's variants ({', '.join(names)}), "
+                f"got {self.fallback!r}"
+            )
         return self
 
     @property

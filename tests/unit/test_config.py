@@ -273,3 +273,17 @@ def test_the_limits_are_validated_and_overridden_from_the_environment() -> None:
         "max_in_flight: must be a number >= 1, got 0",
         "max_queue_ms: must be a number >= 0.0, got -1",
     ]
+
+
+def test_fallback_names_one_of_the_endpoint_s_variants() -> None:
+    text = "endpoints: [{name: a, model: a, variants: [{alias: champion}, {version: 7}], %s}]"
+    assert parse_config(text % "fallback: champion", {}).endpoints[0].fallback == "champion"
+    assert parse_config(text % "fallback: v7", {}).endpoints[0].fallback == "v7"
+    assert parse_config(text % "shadow: [x]", {}).endpoints[0].fallback is None
+    assert problems_of(text % "fallback: champ") == [
+        "endpoints[0]: fallback must name one of the endpoint's variants (champion, v7), "
+        "got 'champ'"
+    ]
+    assert problems_of(text % "shadow: [c], fallback: c")[0].startswith(
+        "endpoints[0]: fallback must name one of the endpoint's variants"
+    )
