@@ -213,6 +213,10 @@ async def _send_outcome(send: Send, outcome: Outcome) -> None:
         headers.append((b"x-gateway-variant", variants.encode("latin-1")))
         headers.append((b"x-gateway-model-version", versions.encode("latin-1")))
         headers.append((b"served-model-name", served.encode("latin-1")))
+    attempt = outcome.attempt
+    if attempt is not None and attempt.decision is not None and attempt.decision.variant:
+        # The variant that failed before the endpoint's fallback variant answered.
+        headers.append((b"x-gateway-fallback", attempt.decision.variant.encode("latin-1")))
     if outcome.error is None:
         assert outcome.body is not None
         await _send(send, 200, outcome.body, headers)

@@ -110,6 +110,7 @@ class InvocationService:
         decision: Decision | None = None
         prediction: Prediction | None = None
         error: GatewayError | None = None
+        attempt: Outcome | None = None  # the decided variant's, when the fallback answers instead
         gauge = self._accountant.in_flight(invocation.endpoint)
         self._admitted += 1
         try:
@@ -117,11 +118,20 @@ class InvocationService:
             self._admit()
             body_format = payload.parse_media_type(invocation.content_type)
             decision = self.decide(endpoint, invocation.headers)
-            prediction = await self._run(endpoint, decision, body_format, invocation.body)
+            try:
+                prediction = await self._run(endpoint, decision, body_format, invocation.body)
+            except Exception as exc:
+                fallback = self._fallback(endpoint, decision, exc)
+                if fallback is None:
+                    raise
+                attempt = self._failed(invocation, endpoint, decision, exc)
+                decision = fallback
+                prediction = await self._run(endpoint, decision, body_format, invocation.body)
         except GatewayError as exc:
             error = payload.without_echo(exc, invocation.body)
         except asyncio.CancelledError:  # the server stops: still recorded, then cancelled
-            self.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled."))
+            cancelled = GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled.")
+            self.refuse(invocation, cancelled, attempt=attempt)
             raise
         except Exception:  # a bug: counted and recorded like any other outcome
             logger.exception("invocation %s failed", invocation.request_id)
@@ -129,7 +139,23 @@ class InvocationService:
         finally:
             gauge.release()
             self._admitted -= 1
-        outcome = Outcome(
+        outcome = self._outcome(invocation, endpoint, decision, prediction, error, attempt)
+        self._accountant.record(outcome)
+        if prediction is not None and self._shadow is not None:
+            self._shadow.mirror(outcome, body_format)
+        return outcome
+
+    def _outcome(
+        self,
+        invocation: Invocation,
+        endpoint: Endpoint | None,
+        decision: Decision | None,
+        prediction: Prediction | None,
+        error: GatewayError | None,
+        attempt: Outcome | None,
+    ) -> Outcome:
+        """The outcome of an invocation: its prediction's parts, or the parts it was routed to."""
+        return Outcome(
             invocation,
             endpoint,
             decision,
@@ -137,25 +163,51 @@ class InvocationService:
             prediction.body if prediction else None,
             error,
             time.perf_counter() - invocation.started,
+            attempt,
         )
-        self._accountant.record(outcome)
-        if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
-            self._shadow.mirror(outcome, body_format)
-        return outcome
+
+    def _fallback(self, endpoint: Endpoint, decision: Decision, exc: Exception) -> Decision | None:
+        """The decision to answer with the endpoint's fallback variant, if this failure allows one.
+
+        Only a server error (5xx, or a bug) of a variant chosen by the split falls back: a client
+        error would fail on any variant, a forced variant was asked for by name, and a request
+        routed row by row has no one variant to replace.
+        """
+        fallback = endpoint.fallback
+        if fallback is None or decision.variant in (None, fallback):
+            return None
+        if decision.routing not in (Routing.STICKY, Routing.RANDOM):
+            return None
+        if isinstance(exc, GatewayError) and exc.status_code < 500:
+            return None
+        return Decision(fallback, Routing.FALLBACK, decision.split, decision.user_key)
+
+    def _failed(
+        self, invocation: Invocation, endpoint: Endpoint, decision: Decision, exc: Exception
+    ) -> Outcome:
+        """The outcome of a variant's failed attempt, recorded beside its fallback's."""
+        if isinstance(exc, GatewayError):
+            error = payload.without_echo(exc, invocation.body)
+        else:  # a bug: logged here, then answered by the fallback
+            logger.error("invocation %s failed", invocation.request_id, exc_info=exc)
+            error = internal_error()
+        return self._outcome(invocation, endpoint, decision, None, error, None)
 
     def _admit(self) -> None:
         """Shed a request that finds its worker answering `max_in_flight` others already."""
         if self._max_in_flight is not None and self._admitted > self._max_in_flight:
             raise too_many_in_flight(self._max_in_flight)
 
-    def refuse(self, invocation: Invocation, error: GatewayError) -> Outcome:
+    def refuse(
+        self, invocation: Invocation, error: GatewayError, *, attempt: Outcome | None = None
+    ) -> Outcome:
         """Account for an invocation refused before it could be served (body too large, client gone)."""
         try:
             endpoint: Endpoint | None = self.endpoint(invocation.endpoint)
         except GatewayError:
             endpoint = None
         duration = time.perf_counter() - invocation.started
-        outcome = Outcome(invocation, endpoint, None, (), None, error, duration)
+        outcome = Outcome(invocation, endpoint, None, (), None, error, duration, attempt)
         self._accountant.record(outcome)
         return outcome
 

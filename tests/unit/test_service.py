@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from gateway.core.config import GatewayConfig, parse_config
 from gateway.core.errors import GatewayError, ShedError
@@ -19,6 +21,7 @@ from gateway.serving.accounting import Accountant
 from gateway.serving.outcome import Invocation, Outcome
 from gateway.serving.service import FORCE_HEADER, InvocationService
 from tests.helpers import (
+    POISONED_AGE,
     FakeClock,
     FakePool,
     FakePyfunc,
@@ -437,3 +440,108 @@ def test_max_queue_ms_0_lets_a_request_wait_for_its_thread_at_will() -> None:
         return await task
 
     assert asyncio.run(main()).status_code == 200
+
+
+class BrokenPyfunc(FakePyfunc):
+    """A model whose backend is down: every predict raises MLflow's INTERNAL_ERROR (a 500)."""
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        """Fail as a model whose backend is down does."""
+        raise MlflowException("the backend is down", error_code=INTERNAL_ERROR)
+
+
+FALLBACK_CONFIG = parse_config(
+    """
+    metrics: {enabled: false}
+    endpoints:
+      - name: guarded
+        model: guarded
+        variants: [{alias: champion, weight: 0}, {alias: challenger, weight: 1}]
+        fallback: champion
+    """,
+    {},
+)
+BACKEND_DOWN = "Failed to predict data. Error: the backend is down"
+
+
+def fallback_service(
+    executor: Executor, champion: FakePyfunc | None, challenger: FakePyfunc | None
+) -> tuple[InvocationService, MemoryLogWriter]:
+    """A service on the guarded endpoint; a variant without a model is still loading."""
+    writer = MemoryLogWriter()
+    models = {
+        ("guarded", name): fake_model(pyfunc, version, "guarded")
+        for name, pyfunc, version in (("champion", champion, "1"), ("challenger", challenger, "2"))
+        if pyfunc is not None
+    }
+    pool = FakePool(models, {"guarded": {"champion": 0, "challenger": 1}})
+    accountant = Accountant(FALLBACK_CONFIG, writer)  # type: ignore[arg-type]
+    service = InvocationService(FALLBACK_CONFIG, pool, executor, accountant)  # type: ignore[arg-type]
+    return service, writer
+
+
+def summary(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What a record says of who answered how."""
+    return (record["variant"], record["routing"], record["status_code"], record["error"])
+
+
+@pytest.mark.parametrize(
+    ("challenger", "error"),
+    [
+        (BrokenPyfunc(), BACKEND_DOWN),
+        (None, "Endpoint 'guarded' variant 'challenger' is still loading."),
+    ],
+    ids=["a 500 from predict", "a 503 while loading"],
+)
+def test_a_server_error_of_the_chosen_variant_is_answered_by_the_fallback_and_both_recorded(
+    executor: ThreadPoolExecutor, challenger: FakePyfunc | None, error: str
+) -> None:
+    service, writer = fallback_service(executor, FakePyfunc(), challenger)
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(3))))
+    assert (outcome.status_code, outcome.body) == (200, answer(3))
+    assert [part.variant for part in outcome.parts] == ["champion"]
+    assert outcome.decision is not None
+    assert outcome.decision.routing == "fallback"
+    assert outcome.attempt is not None
+    assert outcome.attempt.decision is not None
+    assert outcome.attempt.decision.variant == "challenger"
+    attempt, served = writer.records()
+    status = 500 if challenger else 503
+    assert summary(attempt) == ("challenger" if challenger else None, "random", status, error)
+    assert summary(served) == ("champion", "fallback", 200, None)
+    assert served["response"] == answer(3).decode()
+    assert attempt["request_id"] == served["request_id"]
+    assert attempt["split"] == served["split"] == {"champion": 0, "challenger": 1}
+
+
+def test_a_request_whose_fallback_fails_too_gets_the_fallback_s_error(
+    executor: ThreadPoolExecutor,
+) -> None:
+    service, writer = fallback_service(executor, None, BrokenPyfunc())
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(3))))
+    assert outcome.status_code == 503
+    assert outcome.error is not None
+    assert "'champion' is still loading" in outcome.error.message
+    assert [summary(record)[:3] for record in writer.records()] == [
+        ("challenger", "random", 500),
+        (None, "fallback", 503),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "age", "status"),
+    [
+        ({}, POISONED_AGE, 400),  # a client error would fail on any variant
+        ({FORCE_HEADER: "challenger"}, 3, 500),  # asked for by name: its error is the answer
+    ],
+    ids=["a client error", "a forced variant"],
+)
+def test_client_errors_and_forced_variants_never_fall_back(
+    executor: ThreadPoolExecutor, headers: dict[str, str], age: int, status: int
+) -> None:
+    challenger = FakePyfunc() if status == 400 else BrokenPyfunc()
+    service, writer = fallback_service(executor, FakePyfunc(), challenger)
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(age), headers=headers)))
+    assert (outcome.status_code, outcome.attempt) == (status, None)
+    (record,) = writer.records()
+    assert (record["variant"], record["status_code"]) == ("challenger", status)
