@@ -9,7 +9,8 @@ together send their next requests a few hundred microseconds apart; without that
 of them would go alone and the rest together, two `predict` calls where one does.
 
 A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.predict_batch`:
-this module is the scheduler on the event loop, that one the merge and split.
+this module is the scheduler on the event loop, that one the merge and split. The requests of a
+batch that waited longer than `max_queue_ms` when it is handed off are answered 503 instead.
 """
 
 import asyncio

@@ -141,7 +141,7 @@ class InvocationService:
             self._admitted -= 1
         outcome = self._outcome(invocation, endpoint, decision, prediction, error, attempt)
         self._accountant.record(outcome)
-        if prediction is not None and self._shadow is not None:
+        if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
             self._shadow.mirror(outcome, body_format)
         return outcome
 
