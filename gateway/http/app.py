@@ -143,6 +143,7 @@ def _describe(runtime: Runtime, name: str) -> dict[str, Any]:
         "shadow": list(endpoint.shadow),
         "sticky": endpoint.sticky.model_dump(exclude_none=True) if endpoint.sticky else None,
         "allow_override": endpoint.allow_override,
+        "fallback": endpoint.fallback,
     }
 
 

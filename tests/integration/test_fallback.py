@@ -43,7 +43,9 @@ def test_a_failing_challenger_is_answered_by_the_champion_and_both_are_recorded(
             for n in range(REQUESTS)
         ]
         after = scrape(url)
+        described = httpx.get(f"{url}/endpoints").json()
 
+    assert described[0]["fallback"] == "champion"
     for answer in answers:
         assert answer.status_code == 200
         assert answer.json() == {"predictions": [7]}
