@@ -116,6 +116,17 @@ def fake_model(pyfunc: FakePyfunc, version: str = "1", model: str = "churn") -> 
     )
 
 
+@dataclass
+class FakeClock:
+    """A clock that moves only when the test moves it."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        """The current time, in seconds."""
+        return self.now
+
+
 class ManualExecutor(Executor):
     """An executor that runs nothing: it records each submitted call and the test completes it."""
 

@@ -370,6 +370,10 @@ def add_samples(snapshot: Snapshot, text: str, endpoint: str) -> None:
                 totals.requests += sample.value
                 if labels.get("status") != "200":
                     totals.errors += sample.value
+            elif sample.name == "gateway_fallback_total":
+                # A failure of this variant that the fallback variant answered for: its error.
+                totals.requests += sample.value
+                totals.errors += sample.value
             elif sample.name == "gateway_request_duration_seconds_bucket":
                 bound = float(labels["le"])
                 totals.buckets[bound] = totals.buckets.get(bound, 0.0) + sample.value
@@ -389,6 +393,11 @@ def prometheus_snapshot(url: str, endpoint: str) -> Snapshot:
         snapshot.setdefault(result["metric"]["variant"], Totals()).errors = float(
             result["value"][1]
         )
+    # A failure that the endpoint's fallback variant answered for is the failed variant's error.
+    for result in _query(url, f"sum by (variant) (gateway_fallback_total{{{selector}}})"):
+        totals = snapshot.setdefault(result["metric"]["variant"], Totals())
+        totals.requests += float(result["value"][1])
+        totals.errors += float(result["value"][1])
     for result in _query(
         url, f"sum by (variant, le) (gateway_request_duration_seconds_bucket{{{selector}}})"
     ):

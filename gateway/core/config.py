@@ -96,6 +96,8 @@ class Endpoint(_Model):
     refresh_seconds: Annotated[float, Field(gt=0)] = 30.0
     # `auto`: batch the flavors that predict each row independently (see core/batch_policy.py).
     batching: Batching | Literal["auto", "off"] = "auto"
+    # The variant that answers a request whose own variant failed with a server error (5xx).
+    fallback: Annotated[str, Field(pattern=_NAME)] | None = None
 
     @field_validator("batching", mode="before")
     @classmethod
@@ -118,6 +120,11 @@ class Endpoint(_Model):
         clashes = sorted(set(self.shadow) & set(names))
         if clashes:
             raise ValueError(f"a shadow alias cannot also be a variant: {', '.join(clashes)}")
+        if self.fallback is not None and self.fallback not in names:
+            raise ValueError(
+                f"fallback must name one of the endpoint's variants ({', '.join(names)}), "
+                f"got {self.fallback!r}"
+            )
         return self
 
     @property
@@ -188,6 +195,10 @@ class GatewayConfig(_Model):
     body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     # As MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT: past it the client gets a 504.
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # Invocations one worker admits at once; past it a 503. None: derived, see `in_flight_limit`.
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None
+    # Longest a request waits for its predict to start, past it a 503; None or 0: no limit.
+    max_queue_ms: Annotated[float, Field(ge=0)] | None = 1000.0
     # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
     startup_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # MLflow's timeout of one registry HTTP request, unless MLFLOW_HTTP_REQUEST_TIMEOUT is set.
@@ -229,6 +240,38 @@ class GatewayConfig(_Model):
     def endpoint(self, name: str) -> Endpoint | None:
         """The endpoint called `name`, if any."""
         return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+
+    def in_flight_limit(self, predict_threads: int) -> int:
+        """`max_in_flight`, or as many invocations as a worker can predict without idling.
+
+        A variant's batches run one at a time, each of at most `max_batch_size` requests, so a
+        worker predicts at most `min(threads, batched variants)` batches at once. Twice that many
+        full batches (one predicting, the next one forming) keep every batch full; admitting
+        more adds waiting, not throughput. Never below `MIN_IN_FLIGHT`, so that a burst of a few
+        dozen clients, on a model that is not batched too, is not refused.
+        """
+        if self.max_in_flight is not None:
+            return self.max_in_flight
+        batched = [endpoint for endpoint in self.endpoints if endpoint.batching != "off"]
+        largest = max((_batch_size(endpoint.batching) for endpoint in batched), default=1)
+        at_once = min(predict_threads, sum(len(endpoint.variants) for endpoint in batched))
+        return max(MIN_IN_FLIGHT, 2 * (at_once or predict_threads) * largest)
+
+    @property
+    def max_queue_seconds(self) -> float | None:
+        """`max_queue_ms` in seconds; None when requests may wait for their predict at will."""
+        return self.max_queue_ms / 1000 if self.max_queue_ms else None
+
+
+# The derived `max_in_flight` is never below this.
+MIN_IN_FLIGHT = 64
+
+
+def _batch_size(batching: Batching | Literal["auto", "off"]) -> int:
+    """The most requests one predict call of an endpoint takes (`auto` batches as Batching())."""
+    if batching == "off":
+        return 1
+    return (batching if isinstance(batching, Batching) else Batching()).max_batch_size
 
 
 def _repeated(names: list[str]) -> list[str]:

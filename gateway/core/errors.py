@@ -1,7 +1,7 @@
 """The one error type a client can see, and the table that gives each error code its HTTP status."""
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Final, Literal
 
 # Modelled on MLflow's ERROR_CODE_TO_HTTP_STATUS so that clients written for `mlflow models serve`
 # see the codes they know; those after DEADLINE_EXCEEDED have no MLflow equivalent and name what
@@ -50,6 +50,46 @@ class GatewayError(Exception):
     def to_dict(self) -> dict[str, str]:
         """The MLflow-style error body."""
         return {"error_code": self.error_code, "message": self.message, **self.classification}
+
+
+# Why a request was shed: too many in flight on its worker, or it waited too long for its predict.
+ShedReason = Literal["in_flight", "queue_time", "body_bytes"]
+
+
+class ShedError(GatewayError):
+    """A request refused because its worker is overloaded: a 503 that says when to retry."""
+
+    def __init__(self, reason: ShedReason, message: str, retry_after: int = 1) -> None:
+        super().__init__("TEMPORARILY_UNAVAILABLE", message)
+        self.reason: ShedReason = reason
+        self.retry_after = retry_after  # seconds, for the `Retry-After` header
+
+
+def too_many_in_flight(limit: int) -> ShedError:
+    """The refusal of a request that finds `limit` others in flight on its worker."""
+    return ShedError(
+        "in_flight",
+        f"The gateway is overloaded: this worker is answering {limit} requests already "
+        "(max_in_flight). Retry later.",
+    )
+
+
+def too_many_body_bytes(limit: int) -> ShedError:
+    """The refusal of a request whose body would take its worker past `limit` bytes of bodies."""
+    return ShedError(
+        "body_bytes",
+        f"The gateway is overloaded: this worker holds request bodies of {limit} bytes at most "
+        "at once (max_in_flight_bytes). Retry later.",
+    )
+
+
+def waited_too_long(limit_seconds: float) -> ShedError:
+    """The refusal of a request that waited longer than `limit_seconds` for its predict."""
+    return ShedError(
+        "queue_time",
+        f"The gateway is overloaded: the request waited more than {limit_seconds * 1000:g} ms "
+        "for its prediction to start (max_queue_ms). Retry later.",
+    )
 
 
 def internal_error() -> GatewayError:

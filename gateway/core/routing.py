@@ -37,6 +37,7 @@ class Routing(enum.StrEnum):
     RANDOM = "random"
     FORCED = "forced"
     SHADOW = "shadow"
+    FALLBACK = "fallback"
 
 
 def validate_weights(weights: Mapping[str, int]) -> None:

@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.core.errors import GatewayError, internal_error
+from gateway.core.errors import GatewayError, ShedError, internal_error
 from gateway.http.body import BodyReader, ClientGoneError
 from gateway.observe import metrics
 from gateway.serving.auth import TokenStore
@@ -143,6 +143,7 @@ def _describe(runtime: Runtime, name: str) -> dict[str, Any]:
         "shadow": list(endpoint.shadow),
         "sticky": endpoint.sticky.model_dump(exclude_none=True) if endpoint.sticky else None,
         "allow_override": endpoint.allow_override,
+        "fallback": endpoint.fallback,
     }
 
 
@@ -216,14 +217,18 @@ async def _send_outcome(send: Send, outcome: Outcome, *, close: bool = False) ->
         headers.append((b"x-gateway-variant", variants.encode("latin-1")))
         headers.append((b"x-gateway-model-version", versions.encode("latin-1")))
         headers.append((b"served-model-name", served.encode("latin-1")))
+    attempt = outcome.attempt
+    if attempt is not None and attempt.decision is not None and attempt.decision.variant:
+        # The variant that failed before the endpoint's fallback variant answered.
+        headers.append((b"x-gateway-fallback", attempt.decision.variant.encode("latin-1")))
     if outcome.error is None:
         assert outcome.body is not None
         await _send(send, 200, outcome.body, headers)
     else:
         if outcome.error.status_code == 401:
             headers.append(_CHALLENGE)
-        elif outcome.error.status_code == 503:
-            headers.append(_RETRY_AFTER)
+        if isinstance(outcome.error, ShedError):
+            headers.append((b"retry-after", str(outcome.error.retry_after).encode()))
         body = json.dumps(outcome.error.to_dict()).encode()
         await _send(send, outcome.error.status_code, body, headers)
 
@@ -231,8 +236,6 @@ async def _send_outcome(send: Send, outcome: Outcome, *, close: bool = False) ->
 _ALLOW_POST = [(b"allow", b"POST")]
 # RFC 6750: a 401 says which scheme would do.
 _CHALLENGE = (b"www-authenticate", b"Bearer")
-# RFC 9110: a 503 may say when to come back; a worker's load passes within a second.
-_RETRY_AFTER = (b"retry-after", b"1")
 _CLOSE = (b"connection", b"close")
 
 

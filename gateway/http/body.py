@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from starlette.types import Receive
 
 from gateway.core.config import GatewayConfig
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, too_many_body_bytes
 
 
 class ClientGoneError(Exception):
@@ -30,10 +30,7 @@ class BodyBudget:
     def reserve(self, size: int) -> None:
         """Hold `size` more bytes, or refuse with 503 when the worker holds too much already."""
         if self.held + size > self.limit:
-            raise GatewayError(
-                "TEMPORARILY_UNAVAILABLE",
-                "The gateway holds too many request bodies at once; retry shortly.",
-            )
+            raise too_many_body_bytes(self.limit)
         self.held += size
 
     def release(self, size: int) -> None:

@@ -51,6 +51,19 @@ QUEUE_DURATION = Histogram(
     ["endpoint", "variant", "model_version"],
     buckets=_LATENCY_BUCKETS,
 )
+SHED = Counter(
+    "gateway_shed_total",
+    "Invocations refused with a 503 because their worker was overloaded, by reason "
+    "(in_flight: max_in_flight reached; queue_time: waited past max_queue_ms for predict; "
+    "body_bytes: max_in_flight_bytes of request bodies held).",
+    ["endpoint", "reason"],
+)
+FALLBACK = Counter(
+    "gateway_fallback_total",
+    "Invocations whose variant failed with a server error and were answered by the endpoint's "
+    "fallback variant instead, by the variant that failed and its status.",
+    ["endpoint", "variant", "status"],
+)
 ROWS = Counter(
     "gateway_rows_predicted_total",
     "Rows predicted, by endpoint, variant and model version.",

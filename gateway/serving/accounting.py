@@ -6,7 +6,7 @@ from functools import partial
 from typing import Any
 
 from gateway.core.config import GatewayConfig
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
 from gateway.core.record import build_record, should_sample, user_key_hash
 from gateway.core.routing import Routing
 from gateway.observe import metrics
@@ -53,15 +53,36 @@ class Accountant:
         return InFlight(metrics.in_flight(self._label(endpoint)) if self._metrics else None)
 
     def record(self, outcome: Outcome) -> None:
-        """Count the outcome once for each variant that had a part in it, and log one record each."""
-        parts: tuple[Part | None, ...] = outcome.parts or (None,)
+        """Count the outcome once for each variant that had a part in it, and log one record each.
+
+        A failed attempt that the endpoint's fallback variant answered for is logged too, and
+        counted in `gateway_fallback_total`: the request itself is counted once, as answered.
+        """
+        if outcome.attempt is not None:
+            self._count_attempt(outcome.attempt)
+            self._log(outcome.attempt)
         if self._metrics:
             label = self._label(outcome.invocation.endpoint)
-            for part in parts:
+            for part in outcome.parts or (None,):
                 _count(label, part, outcome.status_code, outcome.duration)
+            if isinstance(outcome.error, ShedError):
+                metrics.SHED.labels(label, outcome.error.reason).inc()
+        self._log(outcome)
+
+    def _count_attempt(self, attempt: Outcome) -> None:
+        if not self._metrics or attempt.decision is None or attempt.decision.variant is None:
+            return
+        label = self._label(attempt.invocation.endpoint)
+        metrics.FALLBACK.labels(label, attempt.decision.variant, str(attempt.status_code)).inc()
+        if isinstance(attempt.error, ShedError):
+            metrics.SHED.labels(label, attempt.error.reason).inc()
+
+    def _log(self, outcome: Outcome) -> None:
+        """One inference-log record for each variant that had a part in the outcome."""
         if outcome.endpoint is None or not self._sampled(outcome):
             return
         message = None if outcome.error is None else outcome.error.message
+        parts: tuple[Part | None, ...] = outcome.parts or (None,)
         for part in parts:
             response = outcome.body
             if response is not None and part is not None and part.predictions is not None:

@@ -9,7 +9,8 @@ together send their next requests a few hundred microseconds apart; without that
 of them would go alone and the rest together, two `predict` calls where one does.
 
 A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.predict_batch`:
-this module is the scheduler on the event loop, that one the merge and split.
+this module is the scheduler on the event loop, that one the merge and split. The requests of a
+batch that waited longer than `max_queue_ms` when it is handed off are answered 503 instead.
 """
 
 import asyncio
@@ -19,10 +20,10 @@ import math
 import time
 from collections import deque
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.core.config import Batching
-from gateway.core.errors import GatewayError, internal_error
+from gateway.core.errors import GatewayError, internal_error, waited_too_long
 from gateway.observe import metrics
 from gateway.protocol import payload
 from gateway.serving.merge import Queued, predict_batch
@@ -32,10 +33,16 @@ from gateway.serving.registry import LoadedModel
 logger = logging.getLogger(__name__)
 
 
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 @dataclass
 class _Waiting:
     request: Queued
     future: "asyncio.Future[Prediction]"
+    # When it was queued, on the loop's clock: a request that waited past `max_queue` is shed.
+    since: float = field(default_factory=_loop_time)
 
 
 class Batcher:
@@ -48,6 +55,8 @@ class Batcher:
         executor: Executor,
         settings: Batching,
         labels: tuple[str, str] | None = None,
+        *,
+        max_queue: float | None = None,
     ) -> None:
         self.variant = variant
         self.model = model
@@ -66,6 +75,8 @@ class Batcher:
         self._held: list[_Waiting] | None = None
         self._target = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Seconds a request may wait for its batch to start; None: no limit.
+        self._max_queue = max_queue
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Prediction:
         """One request's predictions, computed with whatever it can be merged with."""
@@ -115,6 +126,11 @@ class Batcher:
     def _submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         if self._queue_gauge is not None:
             self._queue_gauge.dec(len(batch))
+        if self._max_queue is not None:
+            batch = self._shed_late(loop.time() - self._max_queue, batch)
+            if not batch:
+                loop.call_soon(self._next, loop)
+                return
         requests = [waiting.request for waiting in batch]
         try:
             done = self._executor.submit(
@@ -135,6 +151,19 @@ class Batcher:
                 loop.call_soon_threadsafe(self._finish, loop, batch, done)
 
         done.add_done_callback(answer)
+
+    def _shed_late(self, queued_by: float, batch: list[_Waiting]) -> list[_Waiting]:
+        """Answer the requests queued before `queued_by` with a 503; the others go on."""
+        if batch[0].since >= queued_by:  # the oldest is in time: so are the others
+            return batch
+        assert self._max_queue is not None
+        on_time = []
+        for waiting in batch:
+            if waiting.since >= queued_by:
+                on_time.append(waiting)
+            elif not waiting.future.done():
+                waiting.future.set_exception(waited_too_long(self._max_queue))
+        return on_time
 
     def _finish(
         self,

@@ -49,6 +49,8 @@ class Outcome:
     body: bytes | None
     error: GatewayError | None
     duration: float
+    # The variant's failed attempt, when the endpoint's fallback variant answered instead.
+    attempt: "Outcome | None" = None
 
     @property
     def status_code(self) -> int:

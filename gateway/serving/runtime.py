@@ -149,7 +149,14 @@ def build_runtime(
         max(shadow_threads, 1), thread_name_prefix="gateway-shadow"
     )
     shadow = ShadowRunner(pool, shadow_executor, accountant, count=config.metrics.enabled)
-    service = InvocationService(config, pool, executor, accountant, shadow=shadow)
+    service = InvocationService(
+        config,
+        pool,
+        executor,
+        accountant,
+        shadow=shadow,
+        max_in_flight=config.in_flight_limit(predict_threads),
+    )
     return Runtime(
         config,
         pool,

@@ -4,12 +4,17 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from functools import partial
 
 from gateway.core.config import Endpoint, GatewayConfig
-from gateway.core.errors import GatewayError, internal_error
+from gateway.core.errors import (
+    GatewayError,
+    internal_error,
+    too_many_in_flight,
+    waited_too_long,
+)
 from gateway.core.routing import Routing, choose_random, choose_sticky
 from gateway.protocol import payload
 from gateway.serving.accounting import Accountant
@@ -37,6 +42,8 @@ class InvocationService:
         *,
         shadow: ShadowRunner | None = None,
         rng: random.Random | None = None,
+        max_in_flight: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._config = config
         self._pool = pool
@@ -46,6 +53,11 @@ class InvocationService:
         self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
+        # Invocations admitted and not yet answered; past `max_in_flight` (None: no limit) a 503.
+        self._admitted = 0
+        self._max_in_flight = max_in_flight
+        self._max_queue = config.max_queue_seconds
+        self._clock = clock
 
     def endpoint(self, name: str | None) -> Endpoint:
         """The named endpoint, or the first one for plain `/invocations`; 404 if there is none."""
@@ -98,23 +110,52 @@ class InvocationService:
         decision: Decision | None = None
         prediction: Prediction | None = None
         error: GatewayError | None = None
+        attempt: Outcome | None = None  # the decided variant's, when the fallback answers instead
         gauge = self._accountant.in_flight(invocation.endpoint)
+        self._admitted += 1
         try:
             endpoint = self.endpoint(invocation.endpoint)
+            self._admit()
             body_format = payload.parse_media_type(invocation.content_type)
             decision = self.decide(endpoint, invocation.headers)
-            prediction = await self._run(endpoint, decision, body_format, invocation.body)
+            try:
+                prediction = await self._run(endpoint, decision, body_format, invocation.body)
+            except Exception as exc:
+                fallback = self._fallback(endpoint, decision, exc)
+                if fallback is None:
+                    raise
+                attempt = self._failed(invocation, endpoint, decision, exc)
+                decision = fallback
+                prediction = await self._run(endpoint, decision, body_format, invocation.body)
         except GatewayError as exc:
             error = payload.without_echo(exc, invocation.body)
         except asyncio.CancelledError:  # the server stops: still recorded, then cancelled
-            self.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled."))
+            cancelled = GatewayError("CLIENT_CLOSED_REQUEST", "Request cancelled.")
+            self.refuse(invocation, cancelled, attempt=attempt)
             raise
         except Exception:  # a bug: counted and recorded like any other outcome
             logger.exception("invocation %s failed", invocation.request_id)
             error = internal_error()
         finally:
             gauge.release()
-        outcome = Outcome(
+            self._admitted -= 1
+        outcome = self._outcome(invocation, endpoint, decision, prediction, error, attempt)
+        self._accountant.record(outcome)
+        if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
+            self._shadow.mirror(outcome, body_format)
+        return outcome
+
+    def _outcome(
+        self,
+        invocation: Invocation,
+        endpoint: Endpoint | None,
+        decision: Decision | None,
+        prediction: Prediction | None,
+        error: GatewayError | None,
+        attempt: Outcome | None,
+    ) -> Outcome:
+        """The outcome of an invocation: its prediction's parts, or the parts it was routed to."""
+        return Outcome(
             invocation,
             endpoint,
             decision,
@@ -122,20 +163,51 @@ class InvocationService:
             prediction.body if prediction else None,
             error,
             time.perf_counter() - invocation.started,
+            attempt,
         )
-        self._accountant.record(outcome)
-        if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
-            self._shadow.mirror(outcome, body_format)
-        return outcome
 
-    def refuse(self, invocation: Invocation, error: GatewayError) -> Outcome:
+    def _fallback(self, endpoint: Endpoint, decision: Decision, exc: Exception) -> Decision | None:
+        """The decision to answer with the endpoint's fallback variant, if this failure allows one.
+
+        Only a server error (5xx, or a bug) of a variant chosen by the split falls back: a client
+        error would fail on any variant, a forced variant was asked for by name, and a request
+        routed row by row has no one variant to replace.
+        """
+        fallback = endpoint.fallback
+        if fallback is None or decision.variant in (None, fallback):
+            return None
+        if decision.routing not in (Routing.STICKY, Routing.RANDOM):
+            return None
+        if isinstance(exc, GatewayError) and exc.status_code < 500:
+            return None
+        return Decision(fallback, Routing.FALLBACK, decision.split, decision.user_key)
+
+    def _failed(
+        self, invocation: Invocation, endpoint: Endpoint, decision: Decision, exc: Exception
+    ) -> Outcome:
+        """The outcome of a variant's failed attempt, recorded beside its fallback's."""
+        if isinstance(exc, GatewayError):
+            error = payload.without_echo(exc, invocation.body)
+        else:  # a bug: logged here, then answered by the fallback
+            logger.error("invocation %s failed", invocation.request_id, exc_info=exc)
+            error = internal_error()
+        return self._outcome(invocation, endpoint, decision, None, error, None)
+
+    def _admit(self) -> None:
+        """Shed a request that finds its worker answering `max_in_flight` others already."""
+        if self._max_in_flight is not None and self._admitted > self._max_in_flight:
+            raise too_many_in_flight(self._max_in_flight)
+
+    def refuse(
+        self, invocation: Invocation, error: GatewayError, *, attempt: Outcome | None = None
+    ) -> Outcome:
         """Account for an invocation refused before it could be served (body too large, client gone)."""
         try:
             endpoint: Endpoint | None = self.endpoint(invocation.endpoint)
         except GatewayError:
             endpoint = None
         duration = time.perf_counter() - invocation.started
-        outcome = Outcome(invocation, endpoint, None, (), None, error, duration)
+        outcome = Outcome(invocation, endpoint, None, (), None, error, duration, attempt)
         self._accountant.record(outcome)
         return outcome
 
@@ -166,6 +238,8 @@ class InvocationService:
                 self._rng,
                 queued_at,
             )
+        if self._max_queue is not None:
+            work = partial(_started_in_time, self._clock, self._clock(), self._max_queue, work)
         loop = asyncio.get_running_loop()
         return await self._within_timeout(loop.run_in_executor(self._executor, work))
 
@@ -178,7 +252,11 @@ class InvocationService:
         settings = policy_of(endpoint, model).settings
         labels = (endpoint.name, variant) if self._metrics else None
         batcher = (
-            None if settings is None else Batcher(variant, model, self._executor, settings, labels)
+            None
+            if settings is None
+            else Batcher(
+                variant, model, self._executor, settings, labels, max_queue=self._max_queue
+            )
         )
         self._batchers[(endpoint.name, variant)] = (model, batcher)
         return batcher
@@ -211,3 +289,12 @@ class InvocationService:
             return ()
         model = self._pool.get(endpoint.name, decision.variant)
         return () if model is None else (Part(decision.variant, model.version.version, 0),)
+
+
+def _started_in_time(
+    clock: Callable[[], float], queued_at: float, limit: float, work: Callable[[], Prediction]
+) -> Prediction:
+    """Run `work` in the worker thread, unless it waited longer than `limit` seconds for it."""
+    if clock() - queued_at > limit:
+        raise waited_too_long(limit)
+    return work()

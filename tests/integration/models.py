@@ -9,6 +9,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 # Shadow predictions of GatedModel wait here until a test opens the gate.
 GATE = threading.Event()
@@ -104,3 +106,10 @@ class BuggyModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
         if (model_input["tenure_months"].astype(int) == 13).any():
             raise ZeroDivisionError("a bug in the model")
         return [1] * len(model_input)
+
+
+class BackendDownModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Fails every predict as a model whose backend is down: MLflow's INTERNAL_ERROR, a 500."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        raise MlflowException("the feature store is down", error_code=INTERNAL_ERROR)

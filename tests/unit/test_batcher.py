@@ -8,32 +8,20 @@ completes the future the executor returned for it.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from gateway.core.config import Batching
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
 from gateway.protocol.payload import Format
 from gateway.serving.batching import Batcher
 from gateway.serving.merge import Queued, predict_batch
 from gateway.serving.prediction import Prediction
-from tests.helpers import FakePyfunc, ManualExecutor, fake_model
+from tests.helpers import FakeClock, FakePyfunc, ManualExecutor, fake_model
 
 MODEL = fake_model(FakePyfunc())
 TURNS = 10  # turns of the loop that let every ready callback and task run
-
-
-@dataclass
-class FakeClock:
-    """A clock that moves only when the test moves it."""
-
-    now: float = 0.0
-
-    def __call__(self) -> float:
-        """The current time, in seconds."""
-        return self.now
 
 
 class ClockedLoop(asyncio.SelectorEventLoop):
@@ -51,10 +39,10 @@ class ClockedLoop(asyncio.SelectorEventLoop):
 class Harness:
     """A Batcher whose batches the test ends, with requests named by one letter each."""
 
-    def __init__(self, settings: Batching, clock: FakeClock) -> None:
+    def __init__(self, settings: Batching, clock: FakeClock, max_queue: float | None) -> None:
         self.clock = clock
         self.executor = ManualExecutor()
-        self.batcher = Batcher("champion", MODEL, self.executor, settings)
+        self.batcher = Batcher("champion", MODEL, self.executor, settings, max_queue=max_queue)
         self.requests: dict[str, asyncio.Task[Prediction]] = {}
         self.ended = 0
         self.loop_errors: list[dict[str, Any]] = []
@@ -125,12 +113,16 @@ class Harness:
             await self.tick(float(milliseconds))
 
 
-def run(settings: Batching, script: Callable[[Harness], Awaitable[None]]) -> None:
+def run(
+    settings: Batching,
+    script: Callable[[Harness], Awaitable[None]],
+    max_queue: float | None = None,
+) -> None:
     """Run a test's script against a fresh Batcher on a fresh clocked loop."""
     clock = FakeClock()
 
     async def main() -> None:
-        await script(Harness(settings, clock))
+        await script(Harness(settings, clock, max_queue))
 
     with asyncio.Runner(loop_factory=lambda: ClockedLoop(clock)) as runner:
         runner.run(main())
@@ -350,5 +342,74 @@ def test_a_request_cancelled_while_it_waits_is_skipped_without_error() -> None:
         await harness.end()
         assert (await harness.requests["d"]).body == b"d"
         assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script)
+
+
+async def shed(harness: Harness, names: str) -> None:
+    """Each named request was answered 503: it waited too long for its batch."""
+    for name in names:
+        with pytest.raises(ShedError) as caught:
+            await harness.requests[name]
+        assert (caught.value.status_code, caught.value.reason) == (503, "queue_time")
+        assert caught.value.retry_after == 1
+        assert "1000 ms" in caught.value.message
+
+
+def test_requests_that_waited_past_max_queue_are_answered_503_and_the_rest_predicted() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("bc")  # they queue behind a's batch ...
+        await harness.tick(1000.5)  # ... for longer than max_queue
+        await harness.arrive("d")
+        await harness.end()
+        assert harness.batches() == "a d"
+        await shed(harness, "bc")
+        await harness.end()
+        assert (await harness.requests["d"]).body == b"d"
+        assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script, max_queue=1.0)
+
+
+def test_a_request_that_waited_exactly_max_queue_is_still_predicted() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("b")
+        await harness.tick(1000)
+        await harness.end()
+        assert harness.batches() == "a b"
+        await harness.end()
+        assert (await harness.requests["b"]).body == b"b"
+
+    run(Batching(max_batch_size=64, max_wait_ms=0), script, max_queue=1.0)
+
+
+def test_a_batch_whose_requests_all_waited_too_long_is_not_submitted_and_batching_goes_on() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("bcd")
+        await harness.tick(2000)
+        await harness.end()
+        assert harness.batches() == "a"
+        await shed(harness, "bcd")
+        await harness.arrive("e")  # the batcher is idle again: e goes at once
+        assert harness.batches() == "a e"
+        await harness.end()
+        assert (await harness.requests["e"]).body == b"e"
+        assert harness.loop_errors == []
+
+    run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0)
+
+
+def test_without_max_queue_a_request_waits_as_long_as_it_takes() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("b")
+        await harness.tick(3_600_000)
+        await harness.end()
+        assert harness.batches() == "a b"
+        await harness.end()
+        assert (await harness.requests["b"]).body == b"b"
 
     run(Batching(max_batch_size=64, max_wait_ms=0), script)

@@ -215,3 +215,75 @@ def test_the_startup_deadline_and_registry_timeout_default_and_are_validated() -
         "startup_deadline_seconds",
         "registry_timeout_seconds",
     ]
+
+
+ONE = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
+
+
+TWO = "endpoints: [{name: a, model: a, variants: [{alias: x}, {alias: y}]}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "threads", "limit"),
+    [
+        # `auto` batches up to 32 requests a call, one batch at a time: 2 x 1 x 32
+        (ONE, 4, 64),
+        (TWO, 4, 128),  # two variants: two batches at once
+        (TWO, 1, 64),  # but no more batches at once than threads
+        (
+            "endpoints:\n"
+            "  - {name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 100}}\n"
+            "  - {name: b, model: b, variants: [{alias: x}], batching: off}\n",
+            4,
+            200,
+        ),
+        # nothing batched: 2 x 4 threads x 1 = 8 is below the floor
+        ("endpoints: [{name: a, model: a, variants: [{alias: x}], batching: off}]\n", 4, 64),
+        (ONE + "max_in_flight: 10\n", 4, 10),
+    ],
+    ids=["auto", "two variants", "one thread", "the largest batch", "the floor", "explicit"],
+)
+def test_max_in_flight_is_derived_from_threads_and_batch_size_unless_given(
+    text: str, threads: int, limit: int
+) -> None:
+    assert parse_config(text, {}).in_flight_limit(threads) == limit
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "seconds"),
+    [
+        (ONE, {}, 1.0),
+        (ONE + "max_queue_ms: 250\n", {}, 0.25),
+        (ONE, {"GATEWAY_MAX_QUEUE_MS": "50"}, 0.05),
+        (ONE + "max_queue_ms: 0\n", {}, None),
+        (ONE, {"GATEWAY_MAX_QUEUE_MS": "null"}, None),
+    ],
+    ids=["default", "set", "from the environment", "0 is off", "null is off"],
+)
+def test_max_queue_ms_defaults_to_a_second_and_0_or_null_turns_it_off(
+    text: str, environ: dict[str, str], seconds: float | None
+) -> None:
+    assert parse_config(text, environ).max_queue_seconds == seconds
+
+
+def test_the_limits_are_validated_and_overridden_from_the_environment() -> None:
+    assert parse_config(ONE, {"GATEWAY_MAX_IN_FLIGHT": "32"}).max_in_flight == 32
+    problems = problems_of(ONE + "max_in_flight: 0\nmax_queue_ms: -1\n")
+    assert problems == [
+        "max_in_flight: must be a number >= 1, got 0",
+        "max_queue_ms: must be a number >= 0.0, got -1",
+    ]
+
+
+def test_fallback_names_one_of_the_endpoint_s_variants() -> None:
+    text = "endpoints: [{name: a, model: a, variants: [{alias: champion}, {version: 7}], %s}]"
+    assert parse_config(text % "fallback: champion", {}).endpoints[0].fallback == "champion"
+    assert parse_config(text % "fallback: v7", {}).endpoints[0].fallback == "v7"
+    assert parse_config(text % "shadow: [x]", {}).endpoints[0].fallback is None
+    assert problems_of(text % "fallback: champ") == [
+        "endpoints[0]: fallback must name one of the endpoint's variants (champion, v7), "
+        "got 'champ'"
+    ]
+    assert problems_of(text % "shadow: [c], fallback: c")[0].startswith(
+        "endpoints[0]: fallback must name one of the endpoint's variants"
+    )

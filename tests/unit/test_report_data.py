@@ -107,7 +107,7 @@ def test_the_time_window_keeps_records_from_since_up_to_before_until(
     assert not raised.value.usage
 
 
-def test_forced_and_shadow_records_are_shown_but_not_live(
+def test_forced_shadow_and_fallback_records_are_shown_but_not_live(
     tmp_path: Path, con: duckdb.DuckDBPyConnection
 ) -> None:
     write_log(
@@ -116,16 +116,21 @@ def test_forced_and_shadow_records_are_shown_but_not_live(
             record("r1"),
             record("r2", variant="challenger", routing="forced"),
             record("r1", variant="candidate", routing="shadow", model_version="3"),
-            {**record("r3"), "routing": "fallback"},  # documented, written by newer gateways
+            # The challenger failed with a 500 and the champion answered: the request counts
+            # once, under the challenger, the variant the split chose.
+            record("r3", variant="challenger", model_version="2", status_code=500),
+            record("r3", routing="fallback"),
         ],
     )
     load(con, tmp_path)
     assert {key: row.requests for key, row in by_variant(con).items()} == {
-        ("champion", "live"): 2,
+        ("champion", "live"): 1,
+        ("challenger", "live"): 1,
         ("challenger", "forced"): 1,
         ("candidate", "shadow"): 1,
+        ("champion", "fallback"): 1,
     }
-    assert report_data.assignment(con).observed == {"champion": 2}
+    assert report_data.assignment(con).observed == {"champion": 1, "challenger": 1}
 
 
 def test_several_endpoints_need_one_chosen(tmp_path: Path, con: duckdb.DuckDBPyConnection) -> None:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from gateway.commands.rollout import Snapshot, add_samples
 from gateway.commands.rollout_quality import with_quality
 from gateway.core.rollout import (
     AUDIT_TAG_PREFIX,
@@ -176,3 +177,21 @@ def test_the_canary_advances_only_when_the_guard_and_the_quality_gate_both_say_s
         assert combined.reasons == (f"quality {quality}",)
     if operational.action is Action.ROLLBACK:
         assert combined == operational
+
+
+def test_a_failure_the_fallback_answered_for_counts_as_the_failed_variant_s_error() -> None:
+    text = "\n".join(
+        [
+            "# TYPE gateway_requests_total counter",
+            'gateway_requests_total{endpoint="churn",variant="champion",model_version="1",status="200"} 95',
+            'gateway_requests_total{endpoint="churn",variant="challenger",model_version="2",status="200"} 1',
+            "# TYPE gateway_fallback_total counter",
+            'gateway_fallback_total{endpoint="churn",variant="challenger",status="500"} 4',
+            'gateway_fallback_total{endpoint="other",variant="challenger",status="500"} 9',
+            "",
+        ]
+    )
+    snapshot: Snapshot = {}
+    add_samples(snapshot, text, "churn")
+    assert (snapshot["challenger"].requests, snapshot["challenger"].errors) == (5, 4)
+    assert (snapshot["champion"].requests, snapshot["champion"].errors) == (95, 0)

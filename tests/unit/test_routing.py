@@ -37,7 +37,13 @@ def assert_within_five_sigma(observed: int, trials: int, share: float) -> None:
 
 
 def test_routing_values_are_the_inference_log_words() -> None:
-    assert [routing.value for routing in Routing] == ["sticky", "random", "forced", "shadow"]
+    assert [routing.value for routing in Routing] == [
+        "sticky",
+        "random",
+        "forced",
+        "shadow",
+        "fallback",
+    ]
 
 
 # The sticky assignments must survive any process, machine and restart: Python's `hash()` is salted

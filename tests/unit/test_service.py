@@ -5,20 +5,30 @@ import json
 import random
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from gateway.core.config import GatewayConfig, parse_config
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
 from gateway.core.record import user_key_hash
 from gateway.core.routing import choose_sticky
 from gateway.serving.accounting import Accountant
 from gateway.serving.outcome import Invocation, Outcome
 from gateway.serving.service import FORCE_HEADER, InvocationService
-from tests.helpers import FakePool, FakePyfunc, MemoryLogWriter, fake_model
+from tests.helpers import (
+    POISONED_AGE,
+    FakeClock,
+    FakePool,
+    FakePyfunc,
+    ManualExecutor,
+    MemoryLogWriter,
+    fake_model,
+)
 
 SECRET = "a-secret-of-sixteen-characters"
 CONFIG = parse_config(
@@ -86,7 +96,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 
 
 def make_service(
-    executor: ThreadPoolExecutor, config: GatewayConfig = CONFIG, seed: int = 7
+    executor: Executor, config: GatewayConfig = CONFIG, seed: int = 7, **options: Any
 ) -> tuple[InvocationService, MemoryLogWriter]:
     """A service on the fake pool, with an accountant writing to memory."""
     writer = MemoryLogWriter()
@@ -97,6 +107,7 @@ def make_service(
         executor,
         accountant,
         rng=random.Random(seed),
+        **options,
     )
     return service, writer
 
@@ -327,3 +338,210 @@ def test_rows_split_between_variants_leave_one_record_each_with_its_own_rows(
         assert record["routing"] == "sticky"
         assert record["split"] == weights
         assert json.loads(record["response"]) == {"predictions": [age * 10 for age in ages]}
+
+
+async def settle() -> None:
+    """Let every task that is ready run until it waits."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def complete(executor: ManualExecutor, index: int) -> None:
+    """Run the `index`th call submitted to the executor, as its worker thread would."""
+    function, args = executor.submitted[index]
+    future = executor.futures[index]
+    try:
+        future.set_result(function(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+
+
+def shed_check(outcome: Outcome, reason: str) -> None:
+    """The outcome is a 503 shed for `reason`, with a retry hint and nothing of the request."""
+    assert isinstance(outcome.error, ShedError)
+    assert (outcome.status_code, outcome.error.error_code) == (503, "TEMPORARILY_UNAVAILABLE")
+    assert (outcome.error.reason, outcome.error.retry_after) == (reason, 1)
+    assert "basic" not in outcome.error.message
+
+
+def test_a_request_past_max_in_flight_is_shed_before_routing_and_recorded_once() -> None:
+    executor = ManualExecutor()
+    service, writer = make_service(executor, max_in_flight=2)
+
+    async def main() -> list[Outcome]:
+        held = [asyncio.create_task(service.invoke(invocation("solo", body(n)))) for n in (1, 2)]
+        await settle()
+        assert len(executor.submitted) == 2  # both admitted, both predicting
+        refused = await service.invoke(invocation("churn", body(3)))
+        assert len(executor.submitted) == 2  # the third was never parsed nor predicted
+        complete(executor, 0)
+        first = await held[0]
+        again = asyncio.create_task(service.invoke(invocation("solo", body(4))))
+        await settle()
+        complete(executor, 1)
+        complete(executor, 2)
+        return [first, refused, await held[1], await again]
+
+    first, refused, second, again = asyncio.run(main())
+    assert [o.status_code for o in (first, second, again)] == [200, 200, 200]
+    shed_check(refused, "in_flight")
+    assert "2 requests" in refused.error.message  # type: ignore[union-attr]
+    records = writer.records()
+    assert [r["status_code"] for r in records] == [503, 200, 200, 200]
+    assert {k: records[0][k] for k in ("endpoint", "variant", "routing", "error")} == {
+        "endpoint": "churn",
+        "variant": None,
+        "routing": None,
+        "error": refused.error.message,  # type: ignore[union-attr]
+    }
+
+
+def test_a_request_that_waited_past_max_queue_for_its_thread_is_shed_there() -> None:
+    executor = ManualExecutor()
+    clock = FakeClock()
+    service, writer = make_service(executor, clock=clock)  # CONFIG: max_queue_ms 1000
+
+    async def main() -> tuple[Outcome, Outcome]:
+        late = asyncio.create_task(service.invoke(invocation("solo", body(1))))
+        await settle()
+        clock.now += 1.0005  # the thread takes it only now
+        complete(executor, 0)
+        on_time = asyncio.create_task(service.invoke(invocation("solo", body(2))))
+        await settle()
+        clock.now += 1.0  # exactly max_queue: still in time
+        complete(executor, 1)
+        return await late, await on_time
+
+    late, on_time = asyncio.run(main())
+    shed_check(late, "queue_time")
+    assert on_time.status_code == 200
+    (part,) = late.parts
+    assert part.variant == "champion"  # it was routed: the record says where it waited
+    late_record, on_time_record = writer.records()
+    assert (late_record["status_code"], late_record["variant"], late_record["routing"]) == (
+        503,
+        "champion",
+        "random",
+    )
+    assert on_time_record["status_code"] == 200
+
+
+def test_max_queue_ms_0_lets_a_request_wait_for_its_thread_at_will() -> None:
+    executor = ManualExecutor()
+    clock = FakeClock()
+    config = CONFIG.model_copy(update={"max_queue_ms": 0})
+    service, _ = make_service(executor, config, clock=clock)
+
+    async def main() -> Outcome:
+        task = asyncio.create_task(service.invoke(invocation("solo", body(1))))
+        await settle()
+        clock.now += 3600
+        complete(executor, 0)
+        return await task
+
+    assert asyncio.run(main()).status_code == 200
+
+
+class BrokenPyfunc(FakePyfunc):
+    """A model whose backend is down: every predict raises MLflow's INTERNAL_ERROR (a 500)."""
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        """Fail as a model whose backend is down does."""
+        raise MlflowException("the backend is down", error_code=INTERNAL_ERROR)
+
+
+FALLBACK_CONFIG = parse_config(
+    """
+    metrics: {enabled: false}
+    endpoints:
+      - name: guarded
+        model: guarded
+        variants: [{alias: champion, weight: 0}, {alias: challenger, weight: 1}]
+        fallback: champion
+    """,
+    {},
+)
+BACKEND_DOWN = "Failed to predict data. Error: the backend is down"
+
+
+def fallback_service(
+    executor: Executor, champion: FakePyfunc | None, challenger: FakePyfunc | None
+) -> tuple[InvocationService, MemoryLogWriter]:
+    """A service on the guarded endpoint; a variant without a model is still loading."""
+    writer = MemoryLogWriter()
+    models = {
+        ("guarded", name): fake_model(pyfunc, version, "guarded")
+        for name, pyfunc, version in (("champion", champion, "1"), ("challenger", challenger, "2"))
+        if pyfunc is not None
+    }
+    pool = FakePool(models, {"guarded": {"champion": 0, "challenger": 1}})
+    accountant = Accountant(FALLBACK_CONFIG, writer)  # type: ignore[arg-type]
+    service = InvocationService(FALLBACK_CONFIG, pool, executor, accountant)  # type: ignore[arg-type]
+    return service, writer
+
+
+def summary(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What a record says of who answered how."""
+    return (record["variant"], record["routing"], record["status_code"], record["error"])
+
+
+@pytest.mark.parametrize(
+    ("challenger", "error"),
+    [
+        (BrokenPyfunc(), BACKEND_DOWN),
+        (None, "Endpoint 'guarded' variant 'challenger' is still loading."),
+    ],
+    ids=["a 500 from predict", "a 503 while loading"],
+)
+def test_a_server_error_of_the_chosen_variant_is_answered_by_the_fallback_and_both_recorded(
+    executor: ThreadPoolExecutor, challenger: FakePyfunc | None, error: str
+) -> None:
+    service, writer = fallback_service(executor, FakePyfunc(), challenger)
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(3))))
+    assert (outcome.status_code, outcome.body) == (200, answer(3))
+    assert [part.variant for part in outcome.parts] == ["champion"]
+    assert outcome.decision is not None
+    assert outcome.decision.routing == "fallback"
+    assert outcome.attempt is not None
+    assert outcome.attempt.decision is not None
+    assert outcome.attempt.decision.variant == "challenger"
+    attempt, served = writer.records()
+    status = 500 if challenger else 503
+    assert summary(attempt) == ("challenger" if challenger else None, "random", status, error)
+    assert summary(served) == ("champion", "fallback", 200, None)
+    assert served["response"] == answer(3).decode()
+    assert attempt["request_id"] == served["request_id"]
+    assert attempt["split"] == served["split"] == {"champion": 0, "challenger": 1}
+
+
+def test_a_request_whose_fallback_fails_too_gets_the_fallback_s_error(
+    executor: ThreadPoolExecutor,
+) -> None:
+    service, writer = fallback_service(executor, None, BrokenPyfunc())
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(3))))
+    assert outcome.status_code == 503
+    assert outcome.error is not None
+    assert "'champion' is still loading" in outcome.error.message
+    assert [summary(record)[:3] for record in writer.records()] == [
+        ("challenger", "random", 500),
+        (None, "fallback", 503),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "age", "status"),
+    [
+        ({}, POISONED_AGE, 400),  # a client error would fail on any variant
+        ({FORCE_HEADER: "challenger"}, 3, 500),  # asked for by name: its error is the answer
+    ],
+    ids=["a client error", "a forced variant"],
+)
+def test_client_errors_and_forced_variants_never_fall_back(
+    executor: ThreadPoolExecutor, headers: dict[str, str], age: int, status: int
+) -> None:
+    challenger = FakePyfunc() if status == 400 else BrokenPyfunc()
+    service, writer = fallback_service(executor, FakePyfunc(), challenger)
+    outcome = asyncio.run(service.invoke(invocation("guarded", body(age), headers=headers)))
+    assert (outcome.status_code, outcome.attempt) == (status, None)
+    (record,) = writer.records()
+    assert (record["variant"], record["status_code"]) == ("challenger", status)

@@ -8,9 +8,10 @@ time or status, counts as malformed and is left out. Every figure here is an SQL
 that table; nothing is fetched a record at a time, so memory stays within DuckDB's
 `memory_limit` (it spills to its temporary directory beyond it) whatever the size of the logs.
 
-Live records are those routed `sticky`, `random` or `fallback`: they are what the split decided.
-Forced (`x-gateway-variant`) and shadow records are shown but stay out of the comparison and the
-sample-ratio check. Time series and shadow agreement are in gateway.observe.report.series.
+Live records are those routed `sticky` or `random`: they are what the split decided. Forced
+(`x-gateway-variant`), shadow and fallback records are shown but stay out of the comparison and the
+sample-ratio check: a fallback record is the second record of a request whose live record (its
+variant's failed attempt, with its error) already counts it, under the variant the split chose. Time series and shadow agreement are in gateway.observe.report.series.
 """
 
 import json
@@ -25,8 +26,8 @@ import duckdb
 
 logger = logging.getLogger(__name__)
 
-LIVE_ROUTINGS: Final = ("sticky", "random", "fallback")
-LIVE_SQL: Final = "routing IN ('sticky', 'random', 'fallback')"
+LIVE_ROUTINGS: Final = ("sticky", "random")
+LIVE_SQL: Final = "routing IN ('sticky', 'random')"
 _MALFORMED: Final = "(request_id IS NULL OR ts IS NULL OR status_code IS NULL OR endpoint IS NULL)"
 _COLUMNS: Final = (
     "{schema_version: 'INTEGER', request_id: 'VARCHAR', client_request_id: 'VARCHAR', "
@@ -64,7 +65,7 @@ class LoadInfo:
 
 @dataclass(frozen=True)
 class VariantTraffic:
-    """One variant's traffic by routing class (live, forced or shadow)."""
+    """One variant's traffic by routing class (live, forced, shadow or fallback)."""
 
     variant: str
     kind: str
@@ -195,7 +196,7 @@ def traffic(con: duckdb.DuckDBPyConnection) -> list[VariantTraffic]:
     rows = con.execute(
         f"""SELECT variant,
                CASE WHEN {LIVE_SQL} THEN 'live' WHEN routing = 'shadow' THEN 'shadow'
-                    ELSE 'forced' END AS kind,
+                    WHEN routing = 'fallback' THEN 'fallback' ELSE 'forced' END AS kind,
                list_sort(list_distinct(list(model_version))),
                count(*), count(DISTINCT user_key_hash), count(user_key_hash),
                count(*) FILTER (WHERE status_code <> 200),

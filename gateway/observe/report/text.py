@@ -53,7 +53,7 @@ def render_text(report: Report) -> str:
         f"{'healthy' if srm['healthy'] else 'MISMATCH'}, chi2 {_num(srm['statistic'])}, "
         f"p = {_num(srm['p_value'])}; observed {srm['observed']}, expected shares {shares}.",
         "",
-        "Traffic (live: sticky, random, fallback):",
+        "Traffic (live: sticky, random):",
     ]
     rows = []
     for name, variant in report["variants"].items():
