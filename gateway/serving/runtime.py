@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway.core.config import Endpoint, GatewayConfig
 from gateway.observe import metrics
-from gateway.observe.log_writer import InferenceLogWriter
+from gateway.observe.log_writer import DROP_QUEUE_FULL, DROP_WRITE_ERROR, InferenceLogWriter
 from gateway.serving.accounting import Accountant
 from gateway.serving.auth import TokenStore
 from gateway.serving.pool import ModelPool
@@ -93,6 +93,10 @@ class Runtime:
         counters = {
             reason: metrics.REFRESH_FAILURES.labels(endpoint.name, reason) for reason in REASONS
         }
+        # Exported at 0 before any failure: Prometheus sees no increase in a counter series that
+        # first appears at 1, so an alert on increase() would miss each variant's first failure.
+        for variant in (*endpoint.variants, *endpoint.shadow_variants):
+            metrics.MODEL_LOAD_FAILURES.labels(endpoint.name, variant.variant_name)
         failing: str | None = None  # the reason of the streak of failures going on, if any
         streak = 0
         while True:
@@ -180,6 +184,10 @@ def _log_writer(config: GatewayConfig) -> InferenceLogWriter | None:
             "inference log: no user_key_secret is set, so records carry no user_key_hash "
             "(set GATEWAY_INFERENCE_LOG__USER_KEY_SECRET)"
         )
+    if config.metrics.enabled:
+        # At 0 from the start: the first records lost must be an increase to Prometheus.
+        for reason in (DROP_QUEUE_FULL, DROP_WRITE_ERROR):
+            metrics.LOG_DROPPED.labels(reason)
     return InferenceLogWriter(
         Path(settings.dir),
         max_queue=settings.max_queue,

@@ -16,7 +16,7 @@ from gateway.core.config import GatewayConfig
 from gateway.core.record import user_key_hash
 from gateway.observe import metrics
 from gateway.observe.log_writer import InferenceLogWriter
-from tests.integration.conftest import running_gateway, split_payload, wait_healthy
+from tests.integration.conftest import running_gateway, split_payload, wait_healthy, wait_until
 from tests.integration.test_cli import GatewayProcess
 from tests.integration.test_inference_log import GatedFile
 
@@ -159,3 +159,26 @@ def test_a_stalled_log_writer_drops_and_counts_records_while_requests_are_served
         assert after - before == writer.dropped == 20 - 4
         gate.set()
     assert writer.written == 4
+
+
+def test_failure_counters_that_alerts_watch_are_exported_before_the_first_failure(
+    make_config: Callable[..., GatewayConfig],
+) -> None:
+    # Prometheus sees no increase() in a counter series that first appears at 1: the alerts on
+    # load failures and lost records need their series present, at 0, from the start.
+    variants = [{"alias": "champion", "weight": 1}, {"alias": "challenger", "weight": 1}]
+    endpoint = {"name": "counted-from-zero", "model": "churn", "variants": variants}
+    with running_gateway(make_config([endpoint])) as url:
+        wanted = [
+            ("gateway_model_load_failures_total", {"endpoint": endpoint["name"], "variant": name})
+            for name in ("champion", "challenger")
+        ] + [
+            ("gateway_inference_log_dropped_total", {"reason": reason})
+            for reason in ("queue_full", "write_error")
+        ]
+        wait_until(
+            lambda: all(
+                (name, frozenset(labels.items())) in scrape(url) for name, labels in wanted
+            ),
+            "the failure counters",
+        )
