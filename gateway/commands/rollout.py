@@ -46,10 +46,10 @@ Snapshot = dict[str, "Totals"]
 def main(
     config: GatewayConfig,
     args: argparse.Namespace,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Run one rollout command; returns the exit status."""
+    """Run one rollout command; returns the exit status (`out`: stdout as it is at the call)."""
     endpoint = config.endpoint(args.endpoint) if args.endpoint else config.endpoints[0]
     if endpoint is None:
         print(f"error: no endpoint named {args.endpoint!r}", file=sys.stderr)
@@ -67,7 +67,7 @@ def main(
         endpoint,
         args.champion,
         args.challenger,
-        out,
+        sys.stdout if out is None else out,
     )
     try:
         if args.rollout_command == "status":
