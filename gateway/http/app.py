@@ -185,6 +185,7 @@ async def _invoke(
         time.time(),
         time.perf_counter(),
         requester,
+        scope["path"],
     )
     if refusal is not None:
         # Counted and recorded like any refusal; the body is never read.
@@ -198,7 +199,8 @@ async def _invoke(
     except _ClientGoneError:
         service.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "The client went away."))
         return
-    await _send_outcome(send, await service.invoke(dataclasses.replace(invocation, body=body)))
+    received = dataclasses.replace(invocation, body=body, received=time.perf_counter())
+    await _send_outcome(send, await service.invoke(received))
 
 
 async def _send_outcome(send: Send, outcome: Outcome) -> None:

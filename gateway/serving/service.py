@@ -19,6 +19,7 @@ from gateway.serving.pool import ModelPool, policy_of
 from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
 from gateway.serving.registry import LoadedModel
 from gateway.serving.shadow import ShadowRunner
+from gateway.serving.tracing import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class InvocationService:
         *,
         shadow: ShadowRunner | None = None,
         rng: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._config = config
         self._pool = pool
@@ -46,6 +48,7 @@ class InvocationService:
         self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
+        self._tracer = tracer  # None: tracing is off
 
     def endpoint(self, name: str | None) -> Endpoint:
         """The named endpoint, or the first one for plain `/invocations`; 404 if there is none."""
@@ -123,6 +126,8 @@ class InvocationService:
             error,
             time.perf_counter() - invocation.started,
         )
+        if self._tracer is not None:
+            outcome = self._tracer.trace(outcome)
         self._accountant.record(outcome)
         if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
             self._shadow.mirror(outcome, body_format)
@@ -136,6 +141,8 @@ class InvocationService:
             endpoint = None
         duration = time.perf_counter() - invocation.started
         outcome = Outcome(invocation, endpoint, None, (), None, error, duration)
+        if self._tracer is not None:
+            outcome = self._tracer.trace(outcome)
         self._accountant.record(outcome)
         return outcome
 
