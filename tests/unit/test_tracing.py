@@ -8,6 +8,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -20,7 +21,6 @@ from gateway.observe.tracing import (
     SpanEmitter,
     build_emitter,
     exporter_endpoint,
-    preset_trace_ids,
     service_resource,
 )
 from gateway.serving.outcome import Decision, Invocation, Outcome
@@ -36,11 +36,11 @@ ENDPOINT = Endpoint(name="churn", model="churn", variants=(Variant(alias="champi
 
 def emitter(sampler: Sampler = ALWAYS_ON) -> tuple[SpanEmitter, InMemorySpanExporter]:
     exported = InMemorySpanExporter()
-    ids, preset = preset_trace_ids()
-    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False, id_generator=ids)
-    provider.add_span_processor(SimpleSpanProcessor(exported))
-    tracer = provider.get_tracer("test")
-    return SpanEmitter(provider, tracer, TraceContextTextMapPropagator(), preset), exported
+    provider = TracerProvider(sampler=sampler, shutdown_on_exit=False)
+    processor = SimpleSpanProcessor(exported)
+    provider.add_span_processor(processor)
+    scope = InstrumentationScope("test")
+    return SpanEmitter(provider, processor, scope, TraceContextTextMapPropagator()), exported
 
 
 def tracer(emit: SpanEmitter, deferred: list[Callable[[], None]] | None = None) -> Tracer:
@@ -145,7 +145,7 @@ def test_a_new_trace_gets_the_id_its_record_was_given() -> None:
     (server,) = exported.get_finished_spans()
     assert server.context is not None
     assert server.context.trace_id == begun.trace_id
-    # The preset id is used once: the next new trace gets an id of its own.
+    # The next new trace gets an id of its own.
     emit.emit(emit.begin({}), SpanPlan("POST /invocations", 3, 4, {}), list)
     assert (
         len({span.context.trace_id for span in exported.get_finished_spans() if span.context}) == 2
