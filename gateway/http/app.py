@@ -199,8 +199,8 @@ async def _invoke(
     except _ClientGoneError:
         service.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "The client went away."))
         return
-    received = dataclasses.replace(invocation, body=body, received=time.perf_counter())
-    await _send_outcome(send, await service.invoke(received))
+    read = dataclasses.replace(invocation, body=body, received=time.perf_counter())
+    await _send_outcome(send, await service.invoke(read))
 
 
 async def _send_outcome(send: Send, outcome: Outcome) -> None:
