@@ -24,6 +24,7 @@ from benchmarks.gatewaybench.report import (
     write_report,
 )
 from benchmarks.gatewaybench.servers import running_servers
+from benchmarks.gatewaybench.sink import running_sink
 from benchmarks.gatewaybench.targets import evaluate_targets
 from benchmarks.gatewaybench.wrk import WRK_TIMEOUT, ensure_wrk
 
@@ -131,8 +132,12 @@ def _run(args: argparse.Namespace) -> int:
         directory = Path(temporary)
         print(f"building the {args.model} registry in {directory} (about 15 s)", flush=True)
         tracking_uri = build_registry(args.model, directory / "registry")
-        specs = server_specs(tracking_uri, directory)
-        with running_servers(specs, directory, tracking_uri) as servers:
+        with (
+            running_sink() as sink,
+            running_servers(
+                server_specs(tracking_uri, directory, sink.url), directory, tracking_uri
+            ) as servers,
+        ):
             reference = check_predictions(servers, bodies)
             settings = {
                 "model": args.model,
@@ -162,6 +167,8 @@ def _run(args: argparse.Namespace) -> int:
             results = measure_all(wrk, servers, bodies, directory, args.duration, args.rounds)
             observed = next(s for s in servers if s.spec.features is Features.OBSERVED)
             observability = check_observability(observed, directory / INFERENCE_LOG_DIR)
+            # What row (d) exported: proof that its figures include the cost of tracing on.
+            traces = {"exports": sink.exports, "bytes": sink.bytes}
     add_ratios(results)
     targets = evaluate_targets(results, observability)
     table = markdown_table(COLUMNS, [result_row(r) for r in results])
@@ -170,6 +177,7 @@ def _run(args: argparse.Namespace) -> int:
         "settings": settings,
         "results": [asdict(r) for r in results],
         "observability": asdict(observability),
+        "traces": traces,
         "targets": [asdict(t) for t in targets],
     }
     notes = disturbance_notes(results)

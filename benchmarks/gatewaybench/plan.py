@@ -12,8 +12,9 @@ CONNECTIONS = (1, 16, 64)
 ROWS = (1, 32)
 FEATURE_CONNECTIONS, FEATURE_ROWS = 16, 1
 USER_IDS = 10_000
-# Under the run's temporary directory; only row (c)'s server writes there.
+# Under the run's temporary directory; only row (c)'s server writes there, row (d)'s beside it.
 INFERENCE_LOG_DIR = "inference-logs"
+TRACED_LOG_DIR = "inference-logs-traced"
 STICKY_HEADER = "X-User-Id"
 
 
@@ -24,6 +25,7 @@ class Features(StrEnum):
     SINGLE = "single"
     SPLIT = "split 90/10 + sticky"
     OBSERVED = "split + sticky + log + metrics"
+    TRACED = "split + sticky + log + metrics + tracing"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class ServerSpec:
     @property
     def split(self) -> bool:
         """Whether the server splits traffic between champion and challenger."""
-        return self.features in (Features.SPLIT, Features.OBSERVED)
+        return self.features in (Features.SPLIT, Features.OBSERVED, Features.TRACED)
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,16 @@ FEATURE_ROWS_BY_KEY = {
     "gateway-2": f"(a) {Features.SINGLE}",
     "gateway-split": f"(b) {Features.SPLIT}",
     "gateway-observed": f"(c) {Features.OBSERVED}",
+    "gateway-traced": f"(d) {Features.TRACED}",
 }
 MATRIX_KEYS = ("mlflow", "gateway-1", "gateway-2")
 
 
-def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
-    """The yardstick and the four gateway configurations."""
+def server_specs(tracking_uri: str, directory: Path, traces_url: str) -> list[ServerSpec]:
+    """The yardstick and the five gateway configurations; row (d) exports to `traces_url`."""
 
     def config(features: Features) -> dict[str, Any]:
-        return gateway_config(tracking_uri, directory, features)
+        return gateway_config(tracking_uri, directory, features, traces_url)
 
     return [
         ServerSpec("mlflow", "mlflow serve", 1, Features.NONE),
@@ -92,11 +95,20 @@ def server_specs(tracking_uri: str, directory: Path) -> list[ServerSpec]:
             Features.OBSERVED,
             config(Features.OBSERVED),
         ),
+        ServerSpec(
+            "gateway-traced", "gateway", FEATURE_WORKERS, Features.TRACED, config(Features.TRACED)
+        ),
     ]
 
 
-def gateway_config(tracking_uri: str, directory: Path, features: Features) -> dict[str, Any]:
-    """The gateway's config for a feature set, as a user writes it: no batching key (auto)."""
+def gateway_config(
+    tracking_uri: str, directory: Path, features: Features, traces_url: str | None = None
+) -> dict[str, Any]:
+    """The gateway's config for a feature set, as a user writes it: no batching key (auto).
+
+    Row (d) traces every request (sampled 100%, the worst case) to `traces_url`; the others have
+    no `tracing` key, so a commit from before tracing reads their configs too (compare.py).
+    """
     # `batching: auto` batches the benchmark's scikit-learn models (32 requests, 2 ms).
     endpoint: dict[str, Any] = {"name": MODEL_NAME, "model": MODEL_NAME}
     if features is Features.SINGLE:
@@ -107,13 +119,17 @@ def gateway_config(tracking_uri: str, directory: Path, features: Features) -> di
             {"alias": "challenger", "weight": 10},
         ]
         endpoint["sticky"] = {"header": STICKY_HEADER}
-    observed = features is Features.OBSERVED
-    return {
+    observed = features in (Features.OBSERVED, Features.TRACED)
+    log_dir = directory / (TRACED_LOG_DIR if features is Features.TRACED else INFERENCE_LOG_DIR)
+    config: dict[str, Any] = {
         "tracking_uri": tracking_uri,
         "endpoints": [endpoint],
-        "inference_log": {"dir": str(directory / INFERENCE_LOG_DIR), "enabled": observed},
+        "inference_log": {"dir": str(log_dir), "enabled": observed},
         "metrics": {"enabled": observed},
     }
+    if features is Features.TRACED:
+        config["tracing"] = {"enabled": True, "endpoint": traces_url, "sample_ratio": 1.0}
+    return config
 
 
 def cells(specs: Sequence[ServerSpec]) -> list[Cell]:

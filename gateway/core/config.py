@@ -159,6 +159,32 @@ class Metrics(_Model):
     enabled: bool = True
 
 
+class Tracing(_Model):
+    """OpenTelemetry traces of invocations, exported over OTLP/HTTP; off unless enabled.
+
+    A value left unset here falls back to the standard `OTEL_*` variable, then to the default.
+    """
+
+    enabled: bool = False
+    # None: OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES), else the default.
+    service_name: Annotated[str, Field(min_length=1)] | None = None
+    # The OTLP/HTTP traces URL. None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    # OTEL_EXPORTER_OTLP_ENDPOINT + /v1/traces, else http://localhost:4318/v1/traces.
+    endpoint: str | None = None
+    # The share of new traces kept; a caller's sampled flag is followed. None: OTEL_TRACES_SAMPLER.
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+DEFAULT_SERVICE_NAME = "mlflow-serving-gateway"
+
+
 class Auth(_Model):
     """Bearer-token authentication: the tokens file, and whether reads need a token too."""
 
@@ -178,6 +204,7 @@ class GatewayConfig(_Model):
     metrics: Metrics = Metrics()
     # None: no authentication, every route is open.
     auth: Auth | None = None
+    tracing: Tracing = Tracing()
     # Limits a worker sets on what one client can make it hold (README, "Limits").
     # A request's body: larger ones get 413 (Databricks Model Serving's limit is 16 MB too).
     max_request_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
@@ -391,6 +418,7 @@ _KNOWN_KEYS = sorted(
             InferenceLog,
             Metrics,
             Auth,
+            Tracing,
         )
         for key in model.model_fields
     }

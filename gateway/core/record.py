@@ -59,6 +59,7 @@ def build_record(
     response_body: bytes | None,
     error: str | None,
     max_payload_bytes: int | None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     """One inference-log record; bodies are stored as raw text, not parsed, to spare the request path.
 
@@ -67,6 +68,7 @@ def build_record(
     (what Databricks clients send) is used, read here on the writer's thread. A JSON or CSV request is stored as its UTF-8 text,
     anything else (Parquet) as base64, as `request_encoding` says. Each body is cut to
     `max_payload_bytes` (None: no cap) on a UTF-8 character boundary, and `truncated` tells.
+    `trace_id` is the request's trace (32 hex digits) when tracing is on.
     """
     request, request_truncated = _cut(request_body, max_payload_bytes)
     request_text, encoding = _request_text(request, content_type, request_truncated)
@@ -101,6 +103,7 @@ def build_record(
         "response": response_text,
         "error": error,
         "truncated": request_truncated or response_truncated,
+        "trace_id": trace_id,
     }
 
 

@@ -182,6 +182,7 @@ async def _invoke(
         time.time(),
         time.perf_counter(),
         requester,
+        scope["path"],
     )
     if refusal is not None:
         # Counted and recorded like any refusal; the body is never read.
@@ -196,8 +197,9 @@ async def _invoke(
     except ClientGoneError:
         service.refuse(invocation, GatewayError("CLIENT_CLOSED_REQUEST", "The client went away."))
         return
+    read = dataclasses.replace(invocation, body=body, received=time.perf_counter())
     try:
-        outcome = await service.invoke(dataclasses.replace(invocation, body=body))
+        outcome = await service.invoke(read)
     finally:
         reader.release(len(body))
     await _send_outcome(send, outcome)

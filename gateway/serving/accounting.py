@@ -153,6 +153,7 @@ class Accountant:
             response_body=response,
             error=error,
             max_payload_bytes=self._settings.max_payload_bytes,
+            trace_id=outcome.trace_id,
         )
 
     def _label(self, endpoint: str | None) -> str:

@@ -13,11 +13,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pandas as pd
 
 from gateway.core.errors import GatewayError, internal_error
+from gateway.core.spans import Stages
 from gateway.protocol import payload
 from gateway.serving.prediction import Part, Prediction, predict_raw
 from gateway.serving.registry import LoadedModel
@@ -44,9 +45,11 @@ def predict_batch(
     observe_rows: Callable[[float], None] | None = None,
 ) -> list[Prediction | GatewayError]:
     """Each request's answer, in the requests' order, predicting mergeable ones together."""
-    batch = _Batch(variant, model, observe_rows, time.perf_counter())
+    started = time.perf_counter()
+    batch = _Batch(variant, model, observe_rows, started)
     results: list[Prediction | GatewayError | None] = [None] * len(requests)
     groups: dict[tuple[Any, ...], list[tuple[int, payload.ModelInput]]] = {}
+    parsing: list[_Parsed] = []  # each request's queue and parse instants, by index
     for index, request in enumerate(requests):
         try:
             parsed = payload.parse(model.spec, request.body_format, request.body)
@@ -57,15 +60,19 @@ def predict_batch(
             logger.exception("parsing a request for %s failed", model.version.uri)
             results[index] = internal_error()
             continue
+        finally:
+            end = time.perf_counter()
+            parsing.append(_Parsed(request.queued_at, started, end))
+            started = end
         key = merge_key(parsed)
         if key is None:
-            results[index] = batch.alone(parsed, requests[index].queued_at)
+            results[index] = batch.alone(parsed, parsing[index])
         else:
             groups.setdefault(key, []).append((index, parsed))
     for group in groups.values():
         for chunk in chunks(group, max_rows, lambda item: item.row_count):
             inputs = [item for _, item in chunk]
-            queued = [requests[index].queued_at for index, _ in chunk]
+            queued = [parsing[index] for index, _ in chunk]
             answers = batch.merged(inputs, queued)
             for (index, _), answer in zip(chunk, answers, strict=True):
                 results[index] = answer
@@ -104,6 +111,14 @@ def chunks(
     return result
 
 
+class _Parsed(NamedTuple):
+    """When a request was queued, and when its parsing started and ended (perf_counter)."""
+
+    queued: float
+    start: float
+    end: float
+
+
 @dataclass(frozen=True)
 class _Batch:
     variant: str
@@ -112,7 +127,7 @@ class _Batch:
     started: float
 
     def merged(
-        self, inputs: Sequence[payload.ModelInput], queued: Sequence[float]
+        self, inputs: Sequence[payload.ModelInput], queued: Sequence[_Parsed]
     ) -> list[Prediction | GatewayError]:
         """Predict the inputs' rows in one call and split the answers; each alone if that fails."""
         if len(inputs) == 1:
@@ -123,15 +138,17 @@ class _Batch:
             data = first.plan.build([item.rows for item in inputs if item.rows is not None])
         else:
             data = pd.concat([item.data for item in inputs], ignore_index=True)
-        self._observe(sum(sizes))
+        total = sum(sizes)
+        self._observe(total)
         try:
-            raw, seconds = predict_raw(self.model, data, first.params, first.plan)
-            rows = payload.per_row(raw, sum(sizes))
+            raw, started, ended = predict_raw(self.model, data, first.params, first.plan)
+            rows = payload.per_row(raw, total)
         except Exception:
             return [self._predict(item, at) for item, at in zip(inputs, queued, strict=True)]
         answers: list[Prediction | GatewayError] = []
         start = 0
-        for size, queued_at in zip(sizes, queued, strict=True):
+        encoding = ended
+        for size, parsed in zip(sizes, queued, strict=True):
             part, start = rows[start : start + size], start + size
             try:
                 body = payload.encode_predictions(part)
@@ -139,19 +156,23 @@ class _Batch:
                 logger.exception("encoding an answer of %s failed", self.model.version.uri)
                 answers.append(internal_error())
                 continue
-            answers.append(Prediction(body, (self._part(size, seconds, queued_at),)))
+            finally:
+                encoded = time.perf_counter()
+            stages = self._stages(parsed, started, ended, encoding, encoded, total)
+            encoding = encoded
+            answers.append(Prediction(body, (self._part(size, stages),)))
         return answers
 
-    def alone(self, model_input: payload.ModelInput, queued_at: float) -> Prediction | GatewayError:
+    def alone(self, model_input: payload.ModelInput, parsed: _Parsed) -> Prediction | GatewayError:
         """One request predicted by itself."""
         self._observe(model_input.row_count)
-        return self._predict(model_input, queued_at)
+        return self._predict(model_input, parsed)
 
     def _predict(
-        self, model_input: payload.ModelInput, queued_at: float
+        self, model_input: payload.ModelInput, parsed: _Parsed
     ) -> Prediction | GatewayError:
         try:
-            raw, seconds = predict_raw(
+            raw, started, ended = predict_raw(
                 self.model, model_input.frame(), model_input.params, model_input.plan
             )
             body = payload.encode_predictions(raw, model_input.unwrapped)
@@ -160,11 +181,37 @@ class _Batch:
         except Exception:  # e.g. predictions that cannot be encoded: this request fails alone
             logger.exception("answering a request for %s failed", self.model.version.uri)
             return internal_error()
-        return Prediction(body, (self._part(model_input.row_count, seconds, queued_at),))
+        rows = model_input.row_count
+        stages = self._stages(parsed, started, ended, ended, time.perf_counter(), rows)
+        return Prediction(body, (self._part(rows, stages),))
 
-    def _part(self, rows: int, seconds: float, queued_at: float) -> Part:
+    def _stages(
+        self,
+        parsed: _Parsed,
+        started: float,
+        ended: float,
+        encoding: float,
+        encoded: float,
+        rows: int,
+    ) -> Stages:
+        return Stages(
+            parsed.queued,
+            self.started,
+            parsed.start,
+            parsed.end,
+            started,
+            ended,
+            encoding,
+            encoded,
+            rows,
+        )
+
+    def _part(self, rows: int, stages: Stages) -> Part:
         version = self.model.version.version
-        return Part(self.variant, version, rows, None, seconds, self.started - queued_at)
+        seconds = stages.predict_end - stages.predict_start
+        return Part(
+            self.variant, version, rows, None, seconds, self.started - stages.queued, stages
+        )
 
     def _observe(self, rows: int) -> None:
         if self.observe_rows is not None:

@@ -26,6 +26,8 @@ class Invocation:
     wall: float  # arrival, seconds since the epoch
     started: float  # arrival, perf_counter
     requester: str | None = None  # the name of the caller's bearer token; None without auth
+    path: str = "/invocations"  # the request's path, for the trace's route
+    received: float | None = None  # the body read, perf_counter; None: refused before reading it
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class Outcome:
     duration: float
     # The variant's failed attempt, when the endpoint's fallback variant answered instead.
     attempt: "Outcome | None" = None
+    trace_id: str | None = None  # 32 hex digits when tracing is on
 
     @property
     def status_code(self) -> int:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from gateway.core.errors import GatewayError
 from gateway.core.routing import choose_random, choose_sticky_many
+from gateway.core.spans import Stages
 from gateway.observe.quiet import QuietLog
 from gateway.protocol import payload
 from gateway.serving.registry import LoadedModel
@@ -37,6 +38,8 @@ class Part:
     # Time in the model's `predict` call, and waiting before the worker thread took the request.
     predict_seconds: float | None = None
     queue_seconds: float | None = None
+    # When each stage ran (perf_counter), for the trace; None for a shadow or a failed request.
+    stages: Stages | None = None
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,23 @@ def predict_one(
     queued_at: float | None = None,
 ) -> Prediction:
     """Parse and predict a whole request on one variant's model."""
-    queue = None if queued_at is None else time.perf_counter() - queued_at
+    taken = time.perf_counter()
     model_input = payload.parse(model.spec, body_format, body)
-    raw, seconds = predict_raw(model, model_input.frame(), model_input.params, model_input.plan)
+    parsed = time.perf_counter()
+    rows = model_input.row_count
+    raw, started, ended = predict_raw(
+        model, model_input.frame(), model_input.params, model_input.plan
+    )
     encoded = payload.encode_predictions(raw, model_input.unwrapped)
-    part = Part(variant, model.version.version, model_input.row_count, None, seconds, queue)
+    if queued_at is None:  # a shadow copy: neither queued nor traced
+        return Prediction(
+            encoded, (Part(variant, model.version.version, rows, None, ended - started),)
+        )
+    stages = Stages(
+        queued_at, taken, taken, parsed, started, ended, ended, time.perf_counter(), rows
+    )
+    queue = taken - queued_at
+    part = Part(variant, model.version.version, rows, None, ended - started, queue, stages)
     return Prediction(encoded, (part,))
 
 
@@ -74,10 +89,11 @@ def predict_by_row(
     queued_at: float | None = None,
 ) -> Prediction:
     """Route each row by its user key in `field`, predict each group, answer in row order."""
-    queue = None if queued_at is None else time.perf_counter() - queued_at
+    taken = time.perf_counter()
     first = models[next(iter(weights))]
     model_input = payload.parse(first.spec, body_format, body)
     frame = model_input.frame()
+    parsed = time.perf_counter()
     if not isinstance(frame, pd.DataFrame) or field not in frame.columns:
         raise GatewayError(
             "BAD_REQUEST",
@@ -93,25 +109,62 @@ def predict_by_row(
     groups: dict[str, list[int]] = {}
     for row, variant in enumerate(_assign(endpoint, keys, weights, rng)):
         groups.setdefault(variant, []).append(row)
+    done: list[_Group] = []
     if len(groups) == 1:
         (variant,) = groups
-        model = models[variant]
-        raw, seconds = predict_raw(model, frame, model_input.params, model_input.plan)
+        raw, started, ended = predict_raw(
+            models[variant], frame, model_input.params, model_input.plan
+        )
         encoded = payload.encode_predictions(raw, model_input.unwrapped)
-        part = Part(variant, model.version.version, len(frame), None, seconds, queue)
-        return Prediction(encoded, (part,))
-    merged: list[Any] = [None] * len(frame)
-    parts = []
-    for variant, rows in groups.items():
-        model = models[variant]
-        subset = frame.iloc[rows].reset_index(drop=True)
-        raw, seconds = predict_raw(model, subset, model_input.params, model_input.plan)
-        predictions = payload.per_row(raw, len(rows))
-        for row, prediction in zip(rows, predictions, strict=True):
-            merged[row] = prediction
-        parts.append(Part(variant, model.version.version, len(rows), predictions, seconds, queue))
-    encoded = payload.encode_predictions(merged, model_input.unwrapped)
-    return Prediction(encoded, tuple(parts))
+        done.append(_Group(variant, len(frame), None, started, ended))
+    else:
+        merged: list[Any] = [None] * len(frame)
+        for variant, rows in groups.items():
+            subset = frame.iloc[rows].reset_index(drop=True)
+            raw, started, ended = predict_raw(
+                models[variant], subset, model_input.params, model_input.plan
+            )
+            predictions = payload.per_row(raw, len(rows))
+            for row, prediction in zip(rows, predictions, strict=True):
+                merged[row] = prediction
+            done.append(_Group(variant, len(rows), predictions, started, ended))
+        encoded = payload.encode_predictions(merged, model_input.unwrapped)
+    encoded_at = time.perf_counter()
+    queued = taken if queued_at is None else queued_at
+    parts = tuple(
+        Part(
+            group.variant,
+            models[group.variant].version.version,
+            group.rows,
+            group.predictions,
+            group.ended - group.started,
+            None if queued_at is None else taken - queued_at,
+            Stages(
+                queued,
+                taken,
+                taken,
+                parsed,
+                group.started,
+                group.ended,
+                done[-1].ended,
+                encoded_at,
+                group.rows,
+            ),
+        )
+        for group in done
+    )
+    return Prediction(encoded, parts)
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The rows of a request routed per row that one variant predicted, and when."""
+
+    variant: str
+    rows: int
+    predictions: list[Any] | None
+    started: float
+    ended: float
 
 
 def count_differences(served: Sequence[Any], shadow: Sequence[Any]) -> tuple[int, int]:
@@ -152,8 +205,8 @@ def _assign(
 
 def predict_raw(
     model: LoadedModel, data: Any, params: dict[str, Any] | None, plan: Any = None
-) -> tuple[Any, float]:
-    """The model's raw predictions and the seconds `predict` took.
+) -> tuple[Any, float, float]:
+    """The model's raw predictions and when `predict` started and ended (perf_counter).
 
     A frame built by a frame plan equal to the model's own skips MLflow's schema enforcement:
     variant A's plan builds exactly what variant B's would when both have the same signature.
@@ -172,4 +225,4 @@ def predict_raw(
         )
         logger.debug("predict failed on %s", model.version.uri, exc_info=True)
         raise error from exc
-    return raw, time.perf_counter() - started
+    return raw, started, time.perf_counter()

@@ -1,10 +1,10 @@
 """The composition root: one function builds everything a serving process runs, from the config.
 
 `build_runtime` makes the executors, the registry client, the model pool, the inference-log
-writer, the accounting, the shadow runner, the invocation service and, with `auth`, the token
-store; `Runtime.start` starts the writer, the task that re-reads the tokens file when it changes,
+writer, the accounting, the shadow runner, the invocation service, with `auth` the token store
+and with `tracing` the tracer and its exporter; `Runtime.start` starts the writer, the task that re-reads the tokens file when it changes,
 and the background task that loads every model, freezes the heap, then follows the registry;
-`Runtime.stop` drains and closes them in order. The HTTP edge receives a runtime and only routes
+`Runtime.stop` drains and closes them in order, the last spans and records flushed. The HTTP edge receives a runtime and only routes
 to it.
 """
 
@@ -16,15 +16,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway import __version__
 from gateway.core.config import Endpoint, GatewayConfig
 from gateway.observe import metrics
 from gateway.observe.log_writer import DROP_QUEUE_FULL, DROP_WRITE_ERROR, InferenceLogWriter
+from gateway.observe.tracing import build_emitter
 from gateway.serving.accounting import Accountant
 from gateway.serving.auth import TokenStore
 from gateway.serving.pool import ModelPool
 from gateway.serving.registry import ERROR, REASONS, Registry, RegistryError
 from gateway.serving.service import InvocationService
 from gateway.serving.shadow import ShadowRunner
+from gateway.serving.tracing import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class Runtime:
     on_fatal: Callable[[], None] | None = None
     # None: no authentication.
     auth: TokenStore | None = None
+    # None: tracing is off.
+    tracer: Tracer | None = None
     _loading: "asyncio.Task[None] | None" = field(default=None, init=False)
     _following_tokens: "asyncio.Task[None] | None" = field(default=None, init=False)
 
@@ -67,6 +72,8 @@ class Runtime:
         await self.shadow.drain(grace_seconds=10.0)
         self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.close)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
 
@@ -153,6 +160,8 @@ def build_runtime(
         max(shadow_threads, 1), thread_name_prefix="gateway-shadow"
     )
     shadow = ShadowRunner(pool, shadow_executor, accountant, count=config.metrics.enabled)
+    emitter = build_emitter(config.tracing, __version__) if config.tracing.enabled else None
+    tracer = Tracer(emitter) if emitter is not None else None
     service = InvocationService(
         config,
         pool,
@@ -160,6 +169,7 @@ def build_runtime(
         accountant,
         shadow=shadow,
         max_in_flight=config.in_flight_limit(predict_threads),
+        tracer=tracer,
     )
     return Runtime(
         config,
@@ -172,6 +182,7 @@ def build_runtime(
         on_ready,
         on_fatal,
         auth=auth,
+        tracer=tracer,
     )
 
 

@@ -24,6 +24,7 @@ from gateway.serving.pool import ModelPool, policy_of
 from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
 from gateway.serving.registry import LoadedModel
 from gateway.serving.shadow import ShadowRunner
+from gateway.serving.tracing import Tracer
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class InvocationService:
         rng: random.Random | None = None,
         max_in_flight: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        tracer: Tracer | None = None,
     ) -> None:
         self._config = config
         self._pool = pool
@@ -58,6 +60,7 @@ class InvocationService:
         self._max_in_flight = max_in_flight
         self._max_queue = config.max_queue_seconds
         self._clock = clock
+        self._tracer = tracer  # None: tracing is off
 
     def endpoint(self, name: str | None) -> Endpoint:
         """The named endpoint, or the first one for plain `/invocations`; 404 if there is none."""
@@ -140,6 +143,8 @@ class InvocationService:
             gauge.release()
             self._admitted -= 1
         outcome = self._outcome(invocation, endpoint, decision, prediction, error, attempt)
+        if self._tracer is not None:
+            outcome = self._tracer.trace(outcome)
         self._accountant.record(outcome)
         if prediction is not None and endpoint is not None and endpoint.shadow and self._shadow:
             self._shadow.mirror(outcome, body_format)
@@ -208,6 +213,8 @@ class InvocationService:
             endpoint = None
         duration = time.perf_counter() - invocation.started
         outcome = Outcome(invocation, endpoint, None, (), None, error, duration, attempt)
+        if self._tracer is not None:
+            outcome = self._tracer.trace(outcome)
         self._accountant.record(outcome)
         return outcome
 

@@ -287,3 +287,41 @@ def test_fallback_names_one_of_the_endpoint_s_variants() -> None:
     assert problems_of(text % "shadow: [c], fallback: c")[0].startswith(
         "endpoints[0]: fallback must name one of the endpoint's variants"
     )
+
+
+ONE_ENDPOINT = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
+
+
+def test_tracing_is_off_by_default_and_leaves_unset_values_to_the_otel_variables() -> None:
+    tracing = parse_config(ONE_ENDPOINT, {}).tracing
+    assert tracing.enabled is False
+    assert (tracing.service_name, tracing.endpoint, tracing.sample_ratio) == (None, None, None)
+
+
+def test_tracing_is_turned_on_from_the_environment() -> None:
+    environ = {
+        "GATEWAY_TRACING__ENABLED": "true",
+        "GATEWAY_TRACING__ENDPOINT": "http://collector:4318/v1/traces",
+        "GATEWAY_TRACING__SAMPLE_RATIO": "0.25",
+    }
+    tracing = parse_config(ONE_ENDPOINT, environ).tracing
+    assert tracing.enabled is True
+    assert tracing.endpoint == "http://collector:4318/v1/traces"
+    assert tracing.sample_ratio == 0.25
+
+
+@pytest.mark.parametrize(
+    ("tracing", "problem"),
+    [
+        ("{endpoint: collector:4318}", "tracing.endpoint: must be an http:// or https:// URL"),
+        ("{endpoint: 'http://'}", "tracing.endpoint: must be an http:// or https:// URL"),
+        ("{sample_ratio: 1.5}", "tracing.sample_ratio: must be a number <= 1"),
+        ("{sample_ratio: -0.1}", "tracing.sample_ratio: must be a number >= 0"),
+        ("{service_name: ''}", "tracing.service_name: must have at least 1 character(s)"),
+        ("{enable: true}", "tracing.enable: unknown key (did you mean `enabled`?)"),
+        ("{enabled: maybe}", "tracing.enabled: must be true or false"),
+    ],
+)
+def test_bad_tracing_settings_are_named(tracing: str, problem: str) -> None:
+    (found,) = problems_of(ONE_ENDPOINT + f"tracing: {tracing}\n")
+    assert found.startswith(problem)

@@ -30,6 +30,7 @@ NO_WEB = ("starlette", "fastapi")
         ("gateway.core.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.core.rollout", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.core.record", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
+        ("gateway.core.spans", ("mlflow", "pandas", "pydantic", "yaml", "opentelemetry", *NO_WEB)),
         ("gateway.protocol.payload", ()),
     ],
 )
