@@ -10,6 +10,15 @@ of them would go alone and the rest together, two `predict` calls where one does
 
 A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.predict_batch`:
 this module is the scheduler on the event loop, that one the merge and split.
+
+A lone request of a fast version skips the hand-off and is predicted on the loop, when nothing
+else of its version is waiting or being predicted, nor was lately (its last batch, answered
+within `max_wait_ms`, had one request), and `gateway.core.inline_policy` allows it:
+the version's measured time for a lone request (a moving estimate, seeded by calls measured in
+worker threads) is at most `inline_max_ms` (1 ms), its body is small, and this turn of the loop
+has time left. An inline call slower than that sends the version back to worker threads at
+once, until threaded calls measure it fast again: a slow model never runs on the loop, and one
+that turns slow holds it for one call.
 """
 
 import asyncio
@@ -18,18 +27,23 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 from gateway.core.config import Batching
 from gateway.core.errors import GatewayError, internal_error
+from gateway.core.inline_policy import PredictEstimate, may_inline
 from gateway.observe import metrics
 from gateway.protocol import payload
+from gateway.serving.inline import TurnBudget, timed
 from gateway.serving.merge import Queued, predict_batch
 from gateway.serving.prediction import Prediction
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+_Answers = list[Prediction | GatewayError]
 
 
 @dataclass
@@ -48,6 +62,9 @@ class Batcher:
         executor: Executor,
         settings: Batching,
         labels: tuple[str, str] | None = None,
+        *,
+        budget: TurnBudget | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.variant = variant
         self.model = model
@@ -66,11 +83,17 @@ class Batcher:
         self._held: list[_Waiting] | None = None
         self._target = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Whether a lone request may skip the hand-off: what its version's calls measured.
+        self._estimate = PredictEstimate(bound=settings.inline_max_ms / 1000)
+        self._budget = budget if budget is not None else TurnBudget()
+        self._clock = clock
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Prediction:
         """One request's predictions, computed with whatever it can be merged with."""
         loop = asyncio.get_running_loop()
         queued = Queued(body_format, body, time.perf_counter())
+        if self._alone(loop) and may_inline(self._estimate, len(body), self._budget.spent):
+            return self._predict_inline(loop, queued)
         waiting = _Waiting(queued, loop.create_future())
         self._waiting.append(waiting)
         if self._queue_gauge is not None:
@@ -81,6 +104,32 @@ class Batcher:
         elif self._held is not None and len(self._held) + len(self._waiting) >= self._target:
             self._release(loop)
         return await waiting.future
+
+    def _alone(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a request would be its version's only one: no batch running or held, and
+        no company lately (the last batch, answered within `max_wait_ms`, had more than one)."""
+        if self._running:
+            return False
+        busy = self._last_size > 1 and loop.time() - self._last_end <= self._max_wait
+        return not (self._max_wait > 0 and busy)
+
+    def _predict_inline(self, loop: asyncio.AbstractEventLoop, request: Queued) -> Prediction:
+        """Predict a lone request on the loop, and learn from the time it took."""
+        started = self._clock()
+        try:
+            (result,) = predict_batch(
+                self.variant, self.model, [request], self._max_size, self._observe_rows
+            )
+        except Exception:  # a bug: this request fails, serving goes on
+            logger.exception("a request predicted on the loop failed")
+            result = internal_error()
+        finally:
+            seconds = self._clock() - started
+            self._estimate.observe(seconds, inline=True)
+            self._budget.spend(loop, seconds)
+        if isinstance(result, GatewayError):
+            raise result
+        return result
 
     # A batch is driven by callbacks on the loop, not by a task: no task to create and step
     # through for each batch, and no asyncio future wrapping the thread's. A batch is taken with
@@ -118,6 +167,8 @@ class Batcher:
         requests = [waiting.request for waiting in batch]
         try:
             done = self._executor.submit(
+                timed,
+                self._clock,
                 predict_batch,
                 self.variant,
                 self.model,
@@ -129,7 +180,7 @@ class Batcher:
             self._finish(loop, batch, None)
             return
 
-        def answer(done: "Future[list[Prediction | GatewayError]]") -> None:
+        def answer(done: "Future[tuple[_Answers, float]]") -> None:
             # Runs on the worker thread; a loop that is closed has nobody left to answer.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._finish, loop, batch, done)
@@ -140,7 +191,7 @@ class Batcher:
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
-        done: "Future[list[Prediction | GatewayError]] | None",
+        done: "Future[tuple[_Answers, float]] | None",
     ) -> None:
         """Answer each request of a batch, then start the next one."""
         self._last_size, self._last_end = len(batch), loop.time()
@@ -149,7 +200,9 @@ class Batcher:
                 results: list[Prediction | GatewayError] = [internal_error()] * len(batch)
             else:
                 try:
-                    results = done.result()
+                    results, seconds = done.result()
+                    if len(batch) == 1:  # what a lone request costs: the estimate's measure
+                        self._estimate.observe(seconds, inline=False)
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
                 except Exception:  # a bug: never leave a request waiting

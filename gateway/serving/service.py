@@ -14,6 +14,7 @@ from gateway.core.routing import Routing, choose_random, choose_sticky
 from gateway.protocol import payload
 from gateway.serving.accounting import Accountant
 from gateway.serving.batching import Batcher
+from gateway.serving.inline import TurnBudget
 from gateway.serving.outcome import Decision, Invocation, Outcome
 from gateway.serving.pool import ModelPool, policy_of
 from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
@@ -44,6 +45,8 @@ class InvocationService:
         self._accountant = accountant
         self._shadow = shadow
         self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
+        # Inline predictions of all batchers share one loop, so one budget per turn of it.
+        self._turn_budget = TurnBudget()
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
 
@@ -178,7 +181,9 @@ class InvocationService:
         settings = policy_of(endpoint, model).settings
         labels = (endpoint.name, variant) if self._metrics else None
         batcher = (
-            None if settings is None else Batcher(variant, model, self._executor, settings, labels)
+            None
+            if settings is None
+            else Batcher(variant, model, self._executor, settings, labels, budget=self._turn_budget)
         )
         self._batchers[(endpoint.name, variant)] = (model, batcher)
         return batcher
