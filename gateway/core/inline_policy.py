@@ -12,8 +12,8 @@ loop may run a request itself when all of these hold:
 - it is the loop's first inline prediction in this turn, or those of this turn, this one's
   estimate included, stay within `TURN_BUDGET_SECONDS` (the scheduler counts them per turn,
   `gateway.serving.inline.TurnBudget`);
-- nothing else of that version is waiting or being predicted, and its last batch, if answered
-  within `max_wait_ms`, had no company: under load requests are batched (the scheduler's check).
+- its batch is that request alone: nothing else of its version read in the same turn, waiting
+  or being predicted, and not held for company under load (the scheduler's own check).
 
 An inline call that took longer than the bound demotes the version at once: it is predicted in
 worker threads until `INLINE_AFTER_CALLS` more of its threaded calls have been measured and the

@@ -11,9 +11,9 @@ of them would go alone and the rest together, two `predict` calls where one does
 A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.predict_batch`:
 this module is the scheduler on the event loop, that one the merge and split.
 
-A lone request of a fast version skips the hand-off and is predicted on the loop, when nothing
-else of its version is waiting or being predicted, nor was lately (its last batch, answered
-within `max_wait_ms`, had one request), and `gateway.core.inline_policy` allows it:
+A batch of one request of a fast version skips the hand-off and is predicted on the loop (in
+the callback that takes the batch, so requests read in one turn still share a batch, and under
+load requests still wait for company), when `gateway.core.inline_policy` allows it:
 the version's measured time for a lone request (a moving estimate, seeded by calls measured in
 worker threads) is at most `inline_max_ms` (1 ms), its body is small, and this turn of the loop
 has time left. An inline call slower than that sends the version back to worker threads at
@@ -92,8 +92,6 @@ class Batcher:
         """One request's predictions, computed with whatever it can be merged with."""
         loop = asyncio.get_running_loop()
         queued = Queued(body_format, body, time.perf_counter())
-        if self._alone(loop) and may_inline(self._estimate, len(body), self._budget.spent):
-            return self._predict_inline(loop, queued)
         waiting = _Waiting(queued, loop.create_future())
         self._waiting.append(waiting)
         if self._queue_gauge is not None:
@@ -104,32 +102,6 @@ class Batcher:
         elif self._held is not None and len(self._held) + len(self._waiting) >= self._target:
             self._release(loop)
         return await waiting.future
-
-    def _alone(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether a request would be its version's only one: no batch running or held, and
-        no company lately (the last batch, answered within `max_wait_ms`, had more than one)."""
-        if self._running:
-            return False
-        busy = self._last_size > 1 and loop.time() - self._last_end <= self._max_wait
-        return not (self._max_wait > 0 and busy)
-
-    def _predict_inline(self, loop: asyncio.AbstractEventLoop, request: Queued) -> Prediction:
-        """Predict a lone request on the loop, and learn from the time it took."""
-        started = self._clock()
-        try:
-            (result,) = predict_batch(
-                self.variant, self.model, [request], self._max_size, self._observe_rows
-            )
-        except Exception:  # a bug: this request fails, serving goes on
-            logger.exception("a request predicted on the loop failed")
-            result = internal_error()
-        finally:
-            seconds = self._clock() - started
-            self._estimate.observe(seconds, inline=True)
-            self._budget.spend(loop, seconds)
-        if isinstance(result, GatewayError):
-            raise result
-        return result
 
     # A batch is driven by callbacks on the loop, not by a task: no task to create and step
     # through for each batch, and no asyncio future wrapping the thread's. A batch is taken with
@@ -148,8 +120,33 @@ class Batcher:
         if len(batch) < target:
             self._held, self._target = batch, target
             self._timer = loop.call_later(self._max_wait, self._release, loop)
+        elif len(batch) == 1 and self._inline_allowed(batch[0].request):
+            self._predict_inline(loop, batch)
         else:
             self._submit(loop, batch)
+
+    def _inline_allowed(self, request: Queued) -> bool:
+        """Whether a lone request may be predicted on the loop (gateway.core.inline_policy)."""
+        return may_inline(self._estimate, len(request.body), self._budget.spent)
+
+    def _predict_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        """Predict a lone request on the loop, learn from the time it took, and answer it."""
+        if self._queue_gauge is not None:
+            self._queue_gauge.dec()
+        started = self._clock()
+        try:
+            results = predict_batch(
+                self.variant, self.model, [batch[0].request], self._max_size, self._observe_rows
+            )
+            if len(results) != 1:
+                raise RuntimeError(f"{len(results)} answers to one request")
+        except Exception:  # a bug: this request fails, serving goes on
+            logger.exception("a request predicted on the loop failed")
+            results = [internal_error()]
+        seconds = self._clock() - started
+        self._estimate.observe(seconds, inline=True)
+        self._budget.spend(loop, seconds)
+        self._answer(loop, batch, results)
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """End a held batch's wait: it reached its size, or its time is up."""
@@ -193,21 +190,27 @@ class Batcher:
         batch: list[_Waiting],
         done: "Future[tuple[_Answers, float]] | None",
     ) -> None:
+        """Answer each request of a batch from its thread's result, then start the next one."""
+        if done is None:
+            results: _Answers = [internal_error()] * len(batch)
+        else:
+            try:
+                results, seconds = done.result()
+                if len(batch) == 1:  # what a lone request costs: the estimate's measure
+                    self._estimate.observe(seconds, inline=False)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
+            except Exception:  # a bug: never leave a request waiting
+                logger.exception("a batch of %d requests failed", len(batch))
+                results = [internal_error()] * len(batch)
+        self._answer(loop, batch, results)
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting], results: _Answers
+    ) -> None:
         """Answer each request of a batch, then start the next one."""
         self._last_size, self._last_end = len(batch), loop.time()
         try:
-            if done is None:
-                results: list[Prediction | GatewayError] = [internal_error()] * len(batch)
-            else:
-                try:
-                    results, seconds = done.result()
-                    if len(batch) == 1:  # what a lone request costs: the estimate's measure
-                        self._estimate.observe(seconds, inline=False)
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
-                except Exception:  # a bug: never leave a request waiting
-                    logger.exception("a batch of %d requests failed", len(batch))
-                    results = [internal_error()] * len(batch)
             for waiting, result in zip(batch, results, strict=True):
                 if waiting.future.done():  # its request timed out or its client left
                     continue

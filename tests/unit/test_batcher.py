@@ -21,7 +21,6 @@ from gateway.core.inline_policy import (
     INLINE_AFTER_CALLS,
     INLINE_BOUND_SECONDS,
     INLINE_MAX_BODY_BYTES,
-    TURN_BUDGET_SECONDS,
 )
 from gateway.protocol.payload import Format
 from gateway.serving.batching import Batcher
@@ -480,18 +479,30 @@ def test_a_version_measured_slow_stays_in_worker_threads() -> None:
 
 def test_a_request_arriving_while_its_version_predicts_in_a_thread_waits_its_turn() -> None:
     async def script(harness: Harness) -> None:
-        harness.body = row_body
         await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
         harness.body = large_body  # over the size cap: a worker thread, however fast
         await harness.arrive("x")
-        assert harness.batches().endswith("x")
+        assert harness.batches().endswith("e x")
         harness.body = row_body
-        await harness.arrive("b")  # its version is busy: it queues, not on the loop
+        await harness.arrive("w")  # its version is busy: it queues, not on the loop
+        assert pyfunc_calls(harness) == 0
+        assert harness.answered() == set("abcde"[:INLINE_AFTER_CALLS])
+        await harness.end(seconds=FAST)
+        # x is answered; w is the next batch, alone: predicted on the loop.
+        assert harness.batches().endswith("e x")
+        assert pyfunc_calls(harness) == 1
+        assert (await harness.requests["w"]).body == b'{"predictions": [230]}'
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_requests_read_in_one_turn_share_a_batch_rather_than_the_loop() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        await harness.arrive("xy")
+        assert harness.batches().endswith(" xy")
         assert pyfunc_calls(harness) == 0
         await harness.end(seconds=FAST)
-        assert harness.batches().endswith("x b")
-        await harness.end(seconds=FAST)
-        assert harness.answered() >= {"x", "b"}
 
     run(INLINE, script, clocked(FAST), row_body)
 
@@ -517,20 +528,6 @@ def test_an_inline_call_slower_than_the_bound_demotes_its_version_at_once() -> N
         assert harness.loop_errors == []
 
     run(INLINE, script, clocked(FAST), row_body)
-
-
-def test_one_turn_of_the_loop_predicts_inline_only_within_its_budget() -> None:
-    each = TURN_BUDGET_SECONDS * 0.45
-
-    async def script(harness: Harness) -> None:
-        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], each)
-        await harness.arrive("xyz")  # read in one turn: two fit in the budget, z goes out
-        assert pyfunc_calls(harness) == 2
-        assert harness.batches().endswith(" z")
-        await harness.end(seconds=each)
-        await inline_answer(harness, "w")  # a later turn has its budget again
-
-    run(INLINE, script, clocked(each), row_body)
 
 
 def test_under_load_a_request_is_batched_not_predicted_on_the_loop() -> None:
