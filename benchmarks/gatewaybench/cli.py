@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=MODELS,
         default="pipeline",
         help="pipeline: the demo's models (default); logistic: a plain LogisticRegression, "
-        "the model of the reference figures for mlflow models serve",
+        "the model of the reference figures for mlflow models serve; forest: that "
+        "LogisticRegression as champion and a 15-tree RandomForest as challenger",
     )
     parser.add_argument(
         "--duration",
@@ -163,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             observed = next(s for s in servers if s.spec.features is Features.OBSERVED)
             observability = check_observability(observed, directory / INFERENCE_LOG_DIR)
     add_ratios(results)
-    targets = evaluate_targets(results, observability)
+    targets = evaluate_targets(results, observability, args.model)
     table = markdown_table(COLUMNS, [result_row(r) for r in results])
     document = {
         "environment": environment(wrk),
