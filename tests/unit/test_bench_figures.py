@@ -4,6 +4,8 @@ import pytest
 
 from benchmarks.gatewaybench.figures import Result, Round, merge_rounds
 from benchmarks.gatewaybench.plan import FEATURE_ROWS_BY_KEY
+from benchmarks.gatewaybench.registry import MODELS
+from benchmarks.gatewaybench.report import _MODEL_WORDS
 from benchmarks.gatewaybench.targets import EQUAL_WITHIN, Target, _memory_target, evaluate_targets
 
 
@@ -113,3 +115,8 @@ def test_one_connection_p50_is_judged_by_the_slower_gateway_against_1_ms_and_mlf
 def test_one_connection_targets_belong_to_a_plain_logistic_champion_only() -> None:
     assert _single_connection("pipeline", 0.5, 5.0) == []
     assert len(_single_connection("forest", 0.5, 5.0)) == 2
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_of_the_benchmark_has_its_words_in_the_report(model: str) -> None:
+    assert _MODEL_WORDS[model]
