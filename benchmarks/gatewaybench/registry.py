@@ -14,7 +14,9 @@ PAYLOAD_SEED = 11
 # The model that the issue's reference figures for `mlflow models serve` were taken with: a plain
 # LogisticRegression on numeric columns, no preprocessing pipeline.
 NUMERIC_FEATURES = ("tenure_months", "monthly_charges", "support_calls")
-MODELS = ("pipeline", "logistic")
+MODELS = ("pipeline", "logistic", "forest")
+# The forest challenger of `--model forest`: a small RandomForest, as a user's challenger might be.
+FOREST_TREES = 15
 
 
 def payloads(features: Sequence[str]) -> dict[int, bytes]:
@@ -33,11 +35,13 @@ def payloads(features: Sequence[str]) -> dict[int, bytes]:
     }
 
 
-def build_logistic_registry(directory: Path) -> str:
-    """A sqlite registry with `churn` v1 @champion and v2 @challenger as plain LogisticRegressions."""
+def build_logistic_registry(directory: Path, forest: bool = False) -> str:
+    """A sqlite registry with `churn` v1 @champion and v2 @challenger as plain LogisticRegressions;
+    with `forest`, the challenger is a RandomForest of FOREST_TREES trees instead."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
+    from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
 
     from gateway.commands.demo import VARIANTS
@@ -53,7 +57,11 @@ def build_logistic_registry(directory: Path) -> str:
     frame, labels = synthetic_customers(rows=4_000, seed=7)
     features = frame[list(NUMERIC_FEATURES)].astype("float64")
     for alias, regularisation in VARIANTS.items():
-        model = LogisticRegression(C=regularisation).fit(features, labels)
+        model = (
+            RandomForestClassifier(n_estimators=FOREST_TREES, random_state=7)
+            if forest and alias == "challenger"
+            else LogisticRegression(C=regularisation)
+        ).fit(features, labels)
         signature = infer_signature(features.head(20), model.predict(features.head(20)))
         with mlflow.start_run(experiment_id=experiment, run_name=f"bench-{alias}"):
             info = mlflow.sklearn.log_model(
@@ -62,6 +70,8 @@ def build_logistic_registry(directory: Path) -> str:
                 signature=signature,
                 registered_model_name=MODEL_NAME,
                 serialization_format="skops",
+                # Trees hold node indices that skops cannot audit; this run trained them.
+                skops_trusted_types=["sklearn.tree._tree.Tree"] if forest else None,
             )
         client.set_registered_model_alias(MODEL_NAME, alias, str(info.registered_model_version))
     return uri
@@ -69,12 +79,12 @@ def build_logistic_registry(directory: Path) -> str:
 
 def model_features(model: str) -> Sequence[str]:
     """The columns the `--model` reads, and so the columns of the request bodies."""
-    return NUMERIC_FEATURES if model == "logistic" else FEATURES
+    return FEATURES if model == "pipeline" else NUMERIC_FEATURES
 
 
 def build_registry(model: str, directory: Path) -> str:
     """Build the `--model`'s registry in `directory`; return its tracking URI."""
-    if model == "logistic":
-        return build_logistic_registry(directory)
+    if model in ("logistic", "forest"):
+        return build_logistic_registry(directory, forest=model == "forest")
     config_path = build_demo(directory)
     return str(yaml.safe_load(config_path.read_text(encoding="utf-8"))["tracking_uri"])

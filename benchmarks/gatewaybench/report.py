@@ -114,6 +114,8 @@ def environment(wrk: str | None) -> dict[str, Any]:
 _MODEL_WORDS = {
     "pipeline": "the demo's scikit-learn Pipeline (ColumnTransformer: StandardScaler + OneHotEncoder, then LogisticRegression) on 4 columns",
     "logistic": "a plain scikit-learn LogisticRegression on 3 numeric columns",
+    "forest": "a plain scikit-learn LogisticRegression on 3 numeric columns as champion, a "
+    "15-tree RandomForest as challenger",
 }
 
 

@@ -43,6 +43,9 @@ class Batching(_Model):
 
     max_batch_size: Annotated[int, Field(ge=1, le=10_000)] = 32
     max_wait_ms: Annotated[float, Field(ge=0, le=1_000)] = 2.0
+    # A lone request is predicted on the event loop while its version measures at most this
+    # (gateway.core.inline_policy); 0: always in a worker thread.
+    inline_max_ms: Annotated[float, Field(ge=0, le=100)] = 1.0
 
 
 class Variant(_Model):

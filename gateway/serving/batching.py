@@ -11,6 +11,15 @@ of them would go alone and the rest together, two `predict` calls where one does
 A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.predict_batch`:
 this module is the scheduler on the event loop, that one the merge and split. The requests of a
 batch that waited longer than `max_queue_ms` when it is handed off are answered 503 instead.
+
+A batch of one request of a fast version skips the hand-off and is predicted on the loop (in
+the callback that takes the batch, so requests read in one turn still share a batch, and under
+load requests still wait for company), when `gateway.core.inline_policy` allows it:
+the version's measured time for a lone request (a moving estimate, seeded by calls measured in
+worker threads) is at most `inline_max_ms` (1 ms), its body is small, and this turn of the loop
+has time left. An inline call slower than that sends the version back to worker threads at
+once, until threaded calls measure it fast again: a slow model never runs on the loop, and one
+that turns slow holds it for one call.
 """
 
 import asyncio
@@ -19,18 +28,23 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 
 from gateway.core.config import Batching
 from gateway.core.errors import GatewayError, internal_error, waited_too_long
+from gateway.core.inline_policy import PredictEstimate, may_inline
 from gateway.observe import metrics
 from gateway.protocol import payload
+from gateway.serving.inline import TurnBudget, timed
 from gateway.serving.merge import Queued, predict_batch
 from gateway.serving.prediction import Prediction
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+_Answers = list[Prediction | GatewayError]
 
 
 def _loop_time() -> float:
@@ -57,6 +71,8 @@ class Batcher:
         labels: tuple[str, str] | None = None,
         *,
         max_queue: float | None = None,
+        budget: TurnBudget | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.variant = variant
         self.model = model
@@ -77,6 +93,10 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         # Seconds a request may wait for its batch to start; None: no limit.
         self._max_queue = max_queue
+        # Whether a lone request may skip the hand-off: what its version's calls measured.
+        self._estimate = PredictEstimate(bound=settings.inline_max_ms / 1000)
+        self._budget = budget if budget is not None else TurnBudget()
+        self._clock = clock
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Prediction:
         """One request's predictions, computed with whatever it can be merged with."""
@@ -110,8 +130,33 @@ class Batcher:
         if len(batch) < target:
             self._held, self._target = batch, target
             self._timer = loop.call_later(self._max_wait, self._release, loop)
+        elif len(batch) == 1 and self._inline_allowed(batch[0].request):
+            self._predict_inline(loop, batch)
         else:
             self._submit(loop, batch)
+
+    def _inline_allowed(self, request: Queued) -> bool:
+        """Whether a lone request may be predicted on the loop (gateway.core.inline_policy)."""
+        return may_inline(self._estimate, len(request.body), self._budget.spent)
+
+    def _predict_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
+        """Predict a lone request on the loop, learn from the time it took, and answer it."""
+        if self._queue_gauge is not None:
+            self._queue_gauge.dec()
+        started = self._clock()
+        try:
+            results = predict_batch(
+                self.variant, self.model, [batch[0].request], self._max_size, self._observe_rows
+            )
+            if len(results) != 1:
+                raise RuntimeError(f"{len(results)} answers to one request")
+        except Exception:  # a bug: this request fails, serving goes on
+            logger.exception("a request predicted on the loop failed")
+            results = [internal_error()]
+        seconds = self._clock() - started
+        self._estimate.observe(seconds, inline=True)
+        self._budget.spend(loop, seconds)
+        self._answer(loop, batch, results)
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         """End a held batch's wait: it reached its size, or its time is up."""
@@ -134,6 +179,8 @@ class Batcher:
         requests = [waiting.request for waiting in batch]
         try:
             done = self._executor.submit(
+                timed,
+                self._clock,
                 predict_batch,
                 self.variant,
                 self.model,
@@ -145,7 +192,7 @@ class Batcher:
             self._finish(loop, batch, None)
             return
 
-        def answer(done: "Future[list[Prediction | GatewayError]]") -> None:
+        def answer(done: "Future[tuple[_Answers, float]]") -> None:
             # Runs on the worker thread; a loop that is closed has nobody left to answer.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._finish, loop, batch, done)
@@ -169,21 +216,29 @@ class Batcher:
         self,
         loop: asyncio.AbstractEventLoop,
         batch: list[_Waiting],
-        done: "Future[list[Prediction | GatewayError]] | None",
+        done: "Future[tuple[_Answers, float]] | None",
+    ) -> None:
+        """Answer each request of a batch from its thread's result, then start the next one."""
+        if done is None:
+            results: _Answers = [internal_error()] * len(batch)
+        else:
+            try:
+                results, seconds = done.result()
+                if len(batch) == 1:  # what a lone request costs: the estimate's measure
+                    self._estimate.observe(seconds, inline=False)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
+            except Exception:  # a bug: never leave a request waiting
+                logger.exception("a batch of %d requests failed", len(batch))
+                results = [internal_error()] * len(batch)
+        self._answer(loop, batch, results)
+
+    def _answer(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting], results: _Answers
     ) -> None:
         """Answer each request of a batch, then start the next one."""
         self._last_size, self._last_end = len(batch), loop.time()
         try:
-            if done is None:
-                results: list[Prediction | GatewayError] = [internal_error()] * len(batch)
-            else:
-                try:
-                    results = done.result()
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"{len(results)} answers to {len(batch)} requests")
-                except Exception:  # a bug: never leave a request waiting
-                    logger.exception("a batch of %d requests failed", len(batch))
-                    results = [internal_error()] * len(batch)
             for waiting, result in zip(batch, results, strict=True):
                 if waiting.future.done():  # its request timed out or its client left
                     continue

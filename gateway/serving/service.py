@@ -19,6 +19,7 @@ from gateway.core.routing import Routing, choose_random, choose_sticky
 from gateway.protocol import payload
 from gateway.serving.accounting import Accountant
 from gateway.serving.batching import Batcher
+from gateway.serving.inline import TurnBudget
 from gateway.serving.outcome import Decision, Invocation, Outcome
 from gateway.serving.pool import ModelPool, policy_of
 from gateway.serving.prediction import Part, Prediction, predict_by_row, predict_one
@@ -53,6 +54,8 @@ class InvocationService:
         self._accountant = accountant
         self._shadow = shadow
         self._batchers: dict[tuple[str, str], tuple[LoadedModel, Batcher | None]] = {}
+        # Inline predictions of all batchers share one loop, so one budget per turn of it.
+        self._turn_budget = TurnBudget()
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
         # Invocations admitted and not yet answered; past `max_in_flight` (None: no limit) a 503.
@@ -262,7 +265,13 @@ class InvocationService:
             None
             if settings is None
             else Batcher(
-                variant, model, self._executor, settings, labels, max_queue=self._max_queue
+                variant,
+                model,
+                self._executor,
+                settings,
+                labels,
+                max_queue=self._max_queue,
+                budget=self._turn_budget,
             )
         )
         self._batchers[(endpoint.name, variant)] = (model, batcher)

@@ -5,6 +5,7 @@ classes below and shares their module-level gate.
 """
 
 import threading
+import time
 from typing import Any
 
 import mlflow
@@ -115,3 +116,26 @@ class BackendDownModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
         raise MlflowException("the feature store is down", error_code=INTERNAL_ERROR)
+
+
+# How SwitchModel predicts: "fast"; "sleep" (SWITCH_SLEEP_SECONDS a call); "hold" (at
+# SWITCH_RELEASE). The thread of each of its calls, in order: the loop's, or a worker's.
+SWITCH = {"mode": "fast"}
+SWITCH_SLEEP_SECONDS = 0.3
+SWITCH_THREADS: list[str] = []
+SWITCH_HELD = threading.Event()
+SWITCH_RELEASE = threading.Event()
+
+
+class SwitchModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+    """Predicts 1 a row, fast until the test makes it slow: a model that turns slow in service."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[int]:
+        SWITCH_THREADS.append(threading.current_thread().name)
+        if SWITCH["mode"] == "sleep":
+            time.sleep(SWITCH_SLEEP_SECONDS)
+        elif SWITCH["mode"] == "hold":
+            SWITCH_HELD.set()
+            if not SWITCH_RELEASE.wait(60):
+                raise TimeoutError("the test never released the model")
+        return [1] * len(model_input)

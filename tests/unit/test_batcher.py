@@ -7,21 +7,33 @@ completes the future the executor returned for it.
 """
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from gateway.core.config import Batching
 from gateway.core.errors import GatewayError, ShedError
+from gateway.core.inline_policy import (
+    INLINE_AFTER_CALLS,
+    INLINE_BOUND_SECONDS,
+    INLINE_MAX_BODY_BYTES,
+)
 from gateway.protocol.payload import Format
 from gateway.serving.batching import Batcher
+from gateway.serving.inline import timed
 from gateway.serving.merge import Queued, predict_batch
 from gateway.serving.prediction import Prediction
+from gateway.serving.registry import LoadedModel
 from tests.helpers import FakeClock, FakePyfunc, ManualExecutor, fake_model
 
 MODEL = fake_model(FakePyfunc())
 TURNS = 10  # turns of the loop that let every ready callback and task run
+# A threaded batch's measured time that never makes a version fast enough for the loop.
+SLOW = 1.0
 
 
 class ClockedLoop(asyncio.SelectorEventLoop):
@@ -39,10 +51,21 @@ class ClockedLoop(asyncio.SelectorEventLoop):
 class Harness:
     """A Batcher whose batches the test ends, with requests named by one letter each."""
 
-    def __init__(self, settings: Batching, clock: FakeClock, max_queue: float | None) -> None:
+    def __init__(
+        self,
+        settings: Batching,
+        clock: FakeClock,
+        model: LoadedModel = MODEL,
+        body: Callable[[str], bytes] = str.encode,
+        max_queue: float | None = None,
+    ) -> None:
         self.clock = clock
         self.executor = ManualExecutor()
-        self.batcher = Batcher("champion", MODEL, self.executor, settings, max_queue=max_queue)
+        self.batcher = Batcher(
+            "champion", model, self.executor, settings, clock=clock, max_queue=max_queue
+        )
+        self.body = body
+        self.names: dict[bytes, str] = {}
         self.requests: dict[str, asyncio.Task[Prediction]] = {}
         self.ended = 0
         self.loop_errors: list[dict[str, Any]] = []
@@ -58,9 +81,9 @@ class Harness:
     async def arrive(self, names: str) -> None:
         """Requests, one a letter, all read in the same turn of the loop."""
         for name in names:
-            self.requests[name] = asyncio.create_task(
-                self.batcher.predict(Format.JSON, name.encode())
-            )
+            body = self.body(name)
+            self.names[body] = name
+            self.requests[name] = asyncio.create_task(self.batcher.predict(Format.JSON, body))
         await self.settle()
 
     async def tick(self, milliseconds: float) -> None:
@@ -70,31 +93,32 @@ class Harness:
 
     def batch(self, index: int) -> list[Queued]:
         """The requests of a submitted batch."""
-        function, args = self.executor.submitted[index]
-        assert function is predict_batch
-        requests: list[Queued] = args[2]
+        requests: list[Queued] = batch_call(self.executor, index)[2]
         return requests
 
     def batches(self) -> str:
         """The batches submitted so far, as letters: `"a bcd"`."""
         return " ".join(
-            "".join(request.body.decode() for request in self.batch(index))
+            "".join(self.names[request.body] for request in self.batch(index))
             for index in range(len(self.executor.submitted))
         )
 
-    async def end(self, answers: Callable[[list[Queued]], Any] | None = None) -> None:
-        """End the oldest running batch: each request answered with its own name by default."""
+    async def end(
+        self, answers: Callable[[list[Queued]], Any] | None = None, seconds: float = SLOW
+    ) -> None:
+        """End the oldest running batch, measured at `seconds`: each request answered with its
+        own name by default."""
         requests = self.batch(self.ended)
         future = self.executor.futures[self.ended]
         self.ended += 1
         if answers is None:
-            future.set_result([Prediction(request.body, ()) for request in requests])
+            future.set_result(([Prediction(request.body, ()) for request in requests], seconds))
         else:
             result = answers(requests)
             if isinstance(result, BaseException):
                 future.set_exception(result)
             else:
-                future.set_result(result)
+                future.set_result((result, seconds))
         await self.settle()
 
     def answered(self) -> set[str]:
@@ -113,16 +137,27 @@ class Harness:
             await self.tick(float(milliseconds))
 
 
+def batch_call(executor: ManualExecutor, index: int) -> tuple[Any, ...]:
+    """The arguments of `predict_batch` in a submitted batch, which is timed in its thread."""
+    function, args = executor.submitted[index]
+    assert function is timed
+    assert args[1] is predict_batch
+    return args[2:]
+
+
 def run(
     settings: Batching,
     script: Callable[[Harness], Awaitable[None]],
+    make_model: Callable[[FakeClock], LoadedModel] | None = None,
+    body: Callable[[str], bytes] = str.encode,
     max_queue: float | None = None,
 ) -> None:
     """Run a test's script against a fresh Batcher on a fresh clocked loop."""
     clock = FakeClock()
+    model = MODEL if make_model is None else make_model(clock)
 
     async def main() -> None:
-        await script(Harness(settings, clock, max_queue))
+        await script(Harness(settings, clock, model, body, max_queue))
 
     with asyncio.Runner(loop_factory=lambda: ClockedLoop(clock)) as runner:
         runner.run(main())
@@ -239,8 +274,8 @@ def test_requests_are_batched_on_this_schedule_and_each_gets_its_own_answer(
 def test_a_batch_is_one_predict_batch_call_with_the_model_and_max_batch_size() -> None:
     async def script(harness: Harness) -> None:
         await harness.arrive("ab")
-        ((function, args),) = harness.executor.submitted
-        assert function is predict_batch
+        assert len(harness.executor.submitted) == 1
+        args = batch_call(harness.executor, 0)
         assert args[0:2] == ("champion", MODEL)
         assert [request.body for request in args[2]] == [b"a", b"b"]
         assert args[3] == 7
@@ -413,3 +448,165 @@ def test_without_max_queue_a_request_waits_as_long_as_it_takes() -> None:
         assert (await harness.requests["b"]).body == b"b"
 
     run(Batching(max_batch_size=64, max_wait_ms=0), script)
+
+
+# A lone request on the loop: the rule of gateway.core.inline_policy, applied by the Batcher.
+
+FAST = INLINE_BOUND_SECONDS / 4
+INLINE = Batching(max_batch_size=64, max_wait_ms=0)
+
+
+@dataclass
+class ClockedPyfunc(FakePyfunc):
+    """A FakePyfunc whose every call takes `seconds` of the fake clock."""
+
+    clock: FakeClock = field(default_factory=FakeClock)
+    seconds: float = 0.0
+
+    def predict(self, data: pd.DataFrame, params: dict[str, Any] | None = None) -> list[Any]:
+        """Move the clock on by the call's time, then predict."""
+        self.clock.now += self.seconds
+        return super().predict(data, params)
+
+
+def clocked(seconds: float) -> Callable[[FakeClock], LoadedModel]:
+    """A model whose calls on the loop take `seconds` of the test's clock."""
+    return lambda clock: fake_model(ClockedPyfunc(clock=clock, seconds=seconds))
+
+
+def row_body(name: str) -> bytes:
+    """A one-row request whose age is the letter's place in the alphabet (`a` is 1)."""
+    return json.dumps(
+        {"dataframe_split": {"columns": ["age", "plan"], "data": [[ord(name) - 96, "basic"]]}}
+    ).encode()
+
+
+def large_body(name: str) -> bytes:
+    """A request over the inline size cap, whatever the estimate says."""
+    rows = [[ord(name[0]) - 96, "basic"]] * (INLINE_MAX_BODY_BYTES // 10)
+    return json.dumps({"dataframe_split": {"columns": ["age", "plan"], "data": rows}}).encode()
+
+
+def pyfunc_calls(harness: Harness) -> int:
+    """predict calls the model received, on the loop (threaded batches are the test's)."""
+    pyfunc = harness.batcher.model.pyfunc
+    assert isinstance(pyfunc, ClockedPyfunc)
+    return len(pyfunc.calls)
+
+
+async def measure_lone(harness: Harness, names: str, seconds: float) -> None:
+    """Each request alone, in a worker thread, measured at `seconds`."""
+    for name in names:
+        submitted = len(harness.executor.submitted)
+        await harness.arrive(name)
+        assert len(harness.executor.submitted) == submitted + 1, f"{name} went inline"
+        await harness.end(seconds=seconds)
+
+
+async def inline_answer(harness: Harness, name: str) -> bytes:
+    """Send a request that must be predicted on the loop; its answer."""
+    submitted, calls = len(harness.executor.submitted), pyfunc_calls(harness)
+    await harness.arrive(name)
+    assert len(harness.executor.submitted) == submitted, f"{name} went to a thread"
+    assert pyfunc_calls(harness) == calls + 1
+    return (await harness.requests[name]).body
+
+
+def test_a_lone_request_of_a_version_measured_fast_is_predicted_on_the_loop() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        assert await inline_answer(harness, "j") == b'{"predictions": [100]}'
+        assert await inline_answer(harness, "k") == b'{"predictions": [110]}'
+        assert harness.loop_errors == []
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_a_version_is_never_inline_before_enough_threaded_calls_measured_it() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcdefghij"[: INLINE_AFTER_CALLS - 1], FAST)
+        await measure_lone(harness, "z", FAST)  # the last call that seeds it still goes out
+        assert await inline_answer(harness, "y") == b'{"predictions": [250]}'
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_a_version_measured_slow_stays_in_worker_threads() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcdefghijklmnopqrst", INLINE_BOUND_SECONDS * 2)
+        assert pyfunc_calls(harness) == 0
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_a_request_arriving_while_its_version_predicts_in_a_thread_waits_its_turn() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        harness.body = large_body  # over the size cap: a worker thread, however fast
+        await harness.arrive("x")
+        assert harness.batches().endswith("e x")
+        harness.body = row_body
+        await harness.arrive("w")  # its version is busy: it queues, not on the loop
+        assert pyfunc_calls(harness) == 0
+        assert harness.answered() == set("abcde"[:INLINE_AFTER_CALLS])
+        await harness.end(seconds=FAST)
+        # x is answered; w is the next batch, alone: predicted on the loop.
+        assert harness.batches().endswith("e x")
+        assert pyfunc_calls(harness) == 1
+        assert (await harness.requests["w"]).body == b'{"predictions": [230]}'
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_requests_read_in_one_turn_share_a_batch_rather_than_the_loop() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        await harness.arrive("xy")
+        assert harness.batches().endswith(" xy")
+        assert pyfunc_calls(harness) == 0
+        await harness.end(seconds=FAST)
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_an_inline_call_slower_than_the_bound_demotes_its_version_at_once() -> None:
+    async def script(harness: Harness) -> None:
+        pyfunc = harness.batcher.model.pyfunc
+        assert isinstance(pyfunc, ClockedPyfunc)
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        pyfunc.seconds = INLINE_BOUND_SECONDS * 5  # the model turns slow
+        assert await inline_answer(harness, "f") == b'{"predictions": [60]}'
+        # Demoted: threaded until its threaded calls bring the estimate back under the bound.
+        pyfunc.seconds = FAST
+        await measure_lone(harness, "ghijk"[:INLINE_AFTER_CALLS], FAST)
+        for name in "lmnopqrstuvwxyz":
+            submitted = len(harness.executor.submitted)
+            await harness.arrive(name)
+            if len(harness.executor.submitted) == submitted:
+                break  # measured fast again: back on the loop
+            await harness.end(seconds=FAST)
+        else:
+            raise AssertionError("never promoted again")
+        assert harness.loop_errors == []
+
+    run(INLINE, script, clocked(FAST), row_body)
+
+
+def test_under_load_a_request_is_batched_not_predicted_on_the_loop() -> None:
+    async def script(harness: Harness) -> None:
+        await measure_lone(harness, "abcde"[:INLINE_AFTER_CALLS], FAST)
+        harness.body = large_body  # hold the version in a thread while two more queue
+        await harness.arrive("x")
+        harness.body = row_body
+        await harness.arrive("fg")
+        await harness.end(seconds=FAST)
+        await harness.end(seconds=FAST)  # f and g answered together just now: under load
+        await harness.arrive("h")  # held for company, as under load without the loop
+        assert pyfunc_calls(harness) == 0
+        await harness.tick(10)
+        assert harness.batches().endswith("x fg h")
+        await harness.end(seconds=FAST)
+        await harness.tick(10.5)  # idle for longer than max_wait_ms: alone again
+        assert await inline_answer(harness, "i") == b'{"predictions": [90]}'
+
+    run(Batching(max_batch_size=64, max_wait_ms=10), script, clocked(FAST), row_body)

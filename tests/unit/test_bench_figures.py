@@ -4,6 +4,8 @@ import pytest
 
 from benchmarks.gatewaybench.figures import Result, Round, merge_rounds
 from benchmarks.gatewaybench.plan import FEATURE_ROWS_BY_KEY
+from benchmarks.gatewaybench.registry import MODELS
+from benchmarks.gatewaybench.report import _MODEL_WORDS
 from benchmarks.gatewaybench.targets import EQUAL_WITHIN, Target, _memory_target, evaluate_targets
 
 
@@ -87,3 +89,34 @@ def test_memory_compares_the_first_round_of_the_run_with_the_last() -> None:
     (target,) = _memory_target([matrix, row_a])
     assert target.detail.startswith("300.0 -> 309.0 MiB (+9.0 MiB) after 10,800 more requests")
     assert not target.met  # 3% growth is over the 2% limit
+
+
+def _single_connection(model: str, gateway_p50: float, mlflow_p50: float) -> list[Target]:
+    results = [
+        _round(400, server="mlflow serve", workers=1, connections=1, features="-", p50=mlflow_p50),
+        _round(1100, workers=1, connections=1, p50=gateway_p50 * 0.9),
+        _round(1000, workers=2, connections=1, p50=gateway_p50),
+    ]
+    return [t for t in evaluate_targets(results, model=model) if "1 conn" in t.goal]
+
+
+@pytest.mark.parametrize(
+    ("gateway_p50", "mlflow_p50", "met"),
+    [(0.9, 5.0, [True, True]), (1.1, 6.0, [False, True]), (0.9, 4.0, [True, False])],
+)
+def test_one_connection_p50_is_judged_by_the_slower_gateway_against_1_ms_and_mlflow(
+    gateway_p50: float, mlflow_p50: float, met: list[bool]
+) -> None:
+    targets = _single_connection("logistic", gateway_p50, mlflow_p50)
+    assert [t.met for t in targets] == met
+    assert "mlflow serve" in targets[1].detail
+
+
+def test_one_connection_targets_belong_to_a_plain_logistic_champion_only() -> None:
+    assert _single_connection("pipeline", 0.5, 5.0) == []
+    assert len(_single_connection("forest", 0.5, 5.0)) == 2
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_of_the_benchmark_has_its_words_in_the_report(model: str) -> None:
+    assert _MODEL_WORDS[model]
