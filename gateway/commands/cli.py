@@ -15,7 +15,8 @@ from pathlib import Path
 
 from gateway import __version__
 from gateway.commands import report as report_command
-from gateway.core.config import ConfigError, GatewayConfig, load_config, load_tokens
+from gateway.core.config import GatewayConfig
+from gateway.core.config_file import ConfigError, load_config, load_tokens
 
 logger = logging.getLogger(__name__)
 

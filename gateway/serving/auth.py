@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 
-from gateway.core.config import ConfigError, load_tokens
+from gateway.core.config_file import ConfigError, load_tokens
 from gateway.core.errors import GatewayError
 from gateway.core.tokens import Tokens, bearer_token
 

@@ -14,7 +14,8 @@ import uvicorn
 import yaml
 
 from gateway.commands.demo import FEATURES, MODEL_NAME, build_demo
-from gateway.core.config import GatewayConfig, parse_config
+from gateway.core.config import GatewayConfig
+from gateway.core.config_file import parse_config
 from gateway.http.app import create_app
 from gateway.http.protocol import protocol_for
 from gateway.http.server import bind

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client import Counter, Gauge, Histogram
 
 from gateway.commands.cli import _parser
-from gateway.core.config import parse_config
+from gateway.core.config_file import parse_config
 from gateway.http.server import _GRACE_SECONDS
 from gateway.observe import metrics
 

@@ -3,7 +3,8 @@
 import pytest
 
 from gateway.core.batch_policy import AUTO, batch_policy
-from gateway.core.config import Batching, ConfigError, parse_config
+from gateway.core.config import Batching
+from gateway.core.config_file import ConfigError, parse_config
 
 EXPLICIT = Batching(max_batch_size=8, max_wait_ms=1)
 

@@ -4,7 +4,8 @@ import textwrap
 
 import pytest
 
-from gateway.core.config import Batching, ConfigError, load_config, parse_config
+from gateway.core.config import Batching
+from gateway.core.config_file import ConfigError, load_config, parse_config
 
 GOOD = textwrap.dedent(
     """

@@ -2,7 +2,8 @@
 
 import pytest
 
-from gateway.core.config import GatewayConfig, parse_config
+from gateway.core.config import GatewayConfig
+from gateway.core.config_file import parse_config
 from gateway.serving.pool import ModelPool
 from gateway.serving.registry import (
     LOAD_FAILED,

@@ -25,7 +25,8 @@ NO_WEB = ("starlette", "fastapi")
 @pytest.mark.parametrize(
     ("module", "also_forbidden"),
     [
-        ("gateway.core.config", ("mlflow", "pandas", *NO_WEB)),
+        ("gateway.core.config", ("mlflow", "pandas", "yaml", *NO_WEB)),
+        ("gateway.core.config_file", ("mlflow", "pandas", *NO_WEB)),
         ("gateway.core.errors", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.core.routing", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),
         ("gateway.core.rollout", ("mlflow", "pandas", "pydantic", "yaml", *NO_WEB)),

@@ -13,7 +13,8 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
-from gateway.core.config import GatewayConfig, parse_config
+from gateway.core.config import GatewayConfig
+from gateway.core.config_file import parse_config
 from gateway.core.errors import GatewayError, ShedError
 from gateway.core.record import user_key_hash
 from gateway.core.routing import choose_sticky

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from gateway.commands.cli import EXIT_CONFIG, main
-from gateway.core.config import ConfigError, load_config, load_tokens, parse_config
+from gateway.core.config_file import ConfigError, load_config, load_tokens, parse_config
 from gateway.core.tokens import TokenFileError, bearer_token, parse_tokens
 
 CI_TOKEN = "ci-0123456789abcdef"
