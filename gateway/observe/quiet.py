@@ -32,6 +32,12 @@ class QuietLog:
         self._last: dict[Hashable, float] = {}
         self._held: dict[Hashable, int] = {}
 
+    def clear(self) -> None:
+        """Forget every kind logged: the next line of each is written at once."""
+        with self._lock:
+            self._last.clear()
+            self._held.clear()
+
     def warning(self, kind: Hashable, message: str, *args: object) -> bool:
         """Log `message % args` unless this kind was logged within the interval; True if logged."""
         now = self._clock()

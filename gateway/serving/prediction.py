@@ -23,7 +23,8 @@ from gateway.protocol import payload
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
-_QUIET = QuietLog(logger)
+# Failed predicts (a client's bad input, mostly): one line per model version and kind a while.
+PREDICT_FAILURES = QuietLog(logger)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ def predict_raw(
         error = payload.predict_error(exc)
         # The caller gets a 4xx: one short line per kind and interval, the traceback at DEBUG.
         kind = type(exc).__name__
-        _QUIET.warning(
+        PREDICT_FAILURES.warning(
             (model.version.uri, kind), "predict failed on %s: %s", model.version.uri, kind
         )
         logger.debug("predict failed on %s", model.version.uri, exc_info=True)

@@ -36,6 +36,13 @@ def test_one_line_per_kind_per_interval_then_a_count_of_what_was_held_back(
     ]
 
 
+def test_a_cleared_log_writes_the_next_line_of_a_kind_at_once() -> None:
+    quiet = QuietLog(logging.getLogger("gateway.test.quiet"), interval=10.0, clock=_Clock())
+    assert [quiet.warning("a", "x"), quiet.warning("a", "x")] == [True, False]
+    quiet.clear()
+    assert [quiet.warning("a", "x"), quiet.warning("a", "x")] == [True, False]
+
+
 def test_each_distinct_warning_is_logged_once() -> None:
     once = OncePerKind()
     records = [
