@@ -275,8 +275,9 @@ class GatewayConfig(_Model):
         A variant's batches run one at a time, each of at most `max_batch_size` requests, so a
         worker predicts at most `min(threads, batched variants)` batches at once. Twice that many
         full batches (one predicting, the next one forming) keep every batch full; admitting
-        more adds waiting, not throughput. Never below `MIN_IN_FLIGHT`, so that a burst of a few
-        dozen clients, on a model that is not batched too, is not refused.
+        more adds waiting, not throughput. Never below `MIN_IN_FLIGHT`, so that a few hundred
+        clients (and the answers still owed to clients that just left) are not refused:
+        `max_queue_ms` is what bounds a request's wait, this bounds what a worker holds.
         """
         if self.max_in_flight is not None:
             return self.max_in_flight
@@ -292,7 +293,7 @@ class GatewayConfig(_Model):
 
 
 # The derived `max_in_flight` is never below this.
-MIN_IN_FLIGHT = 64
+MIN_IN_FLIGHT = 256
 
 
 def _batch_size(batching: Batching | Literal["auto", "off"]) -> int:

@@ -222,27 +222,40 @@ ONE = "endpoints: [{name: a, model: a, variants: [{alias: champion}]}]\n"
 
 
 TWO = "endpoints: [{name: a, model: a, variants: [{alias: x}, {alias: y}]}]\n"
+BIG_TWO = (
+    "endpoints: [{name: a, model: a, variants: [{alias: x}, {alias: y}], "
+    "batching: {max_batch_size: 200}}]\n"
+)
 
 
 @pytest.mark.parametrize(
     ("text", "threads", "limit"),
     [
-        # `auto` batches up to 32 requests a call, one batch at a time: 2 x 1 x 32
-        (ONE, 4, 64),
-        (TWO, 4, 128),  # two variants: two batches at once
-        (TWO, 1, 64),  # but no more batches at once than threads
+        # `auto` batches up to 32 requests a call, one batch at a time: 2 x 1 x 32, below the floor
+        (ONE, 4, 256),
+        (TWO, 4, 256),  # two variants, two batches at once: 128, below the floor too
+        (BIG_TWO, 4, 800),  # two variants of 200-request batches: 2 x 2 x 200
+        (BIG_TWO, 1, 400),  # but no more batches at once than threads: 2 x 1 x 200
         (
             "endpoints:\n"
-            "  - {name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 100}}\n"
+            "  - {name: a, model: a, variants: [{alias: x}], batching: {max_batch_size: 300}}\n"
             "  - {name: b, model: b, variants: [{alias: x}], batching: off}\n",
             4,
-            200,
+            600,
         ),
         # nothing batched: 2 x 4 threads x 1 = 8 is below the floor
-        ("endpoints: [{name: a, model: a, variants: [{alias: x}], batching: off}]\n", 4, 64),
+        ("endpoints: [{name: a, model: a, variants: [{alias: x}], batching: off}]\n", 4, 256),
         (ONE + "max_in_flight: 10\n", 4, 10),
     ],
-    ids=["auto", "two variants", "one thread", "the largest batch", "the floor", "explicit"],
+    ids=[
+        "auto",
+        "two variants",
+        "large batches",
+        "one thread",
+        "the largest batch",
+        "the floor",
+        "explicit",
+    ],
 )
 def test_max_in_flight_is_derived_from_threads_and_batch_size_unless_given(
     text: str, threads: int, limit: int
