@@ -1,7 +1,7 @@
 """A lone request of a fast model on the event loop, and a model that turns slow sent off it."""
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 import pytest
@@ -46,11 +46,11 @@ def _predicted_on_the_loop(url: str) -> bool:
     return not models.SWITCH_THREADS[calls].startswith("gateway-predict")
 
 
-def test_a_model_that_turns_slow_leaves_the_loop_and_never_stalls_other_requests(
-    make_config: Callable[..., GatewayConfig], switch: str, fast_model: None
-) -> None:
-    batching = {"max_batch_size": 8, "max_wait_ms": 0, "inline_max_ms": INLINE_MAX_MS}
-    config = make_config(
+def _config(
+    make_config: Callable[..., GatewayConfig], switch: str, batching: Mapping[str, float]
+) -> GatewayConfig:
+    """The switch model's endpoint with `batching`, beside the demo's churn endpoint."""
+    return make_config(
         [
             {
                 "name": switch,
@@ -61,6 +61,13 @@ def test_a_model_that_turns_slow_leaves_the_loop_and_never_stalls_other_requests
             {"name": "churn", "model": "churn", "variants": [{"alias": "champion"}]},
         ]
     )
+
+
+def test_a_model_that_turns_slow_leaves_the_loop_and_never_stalls_other_requests(
+    make_config: Callable[..., GatewayConfig], switch: str, fast_model: None
+) -> None:
+    batching = {"max_batch_size": 8, "max_wait_ms": 0, "inline_max_ms": INLINE_MAX_MS}
+    config = _config(make_config, switch, batching)
     with running_gateway(config) as url:
         # Measured fast in worker threads first, then a lone request is predicted on the loop.
         assert not _predicted_on_the_loop(url)
@@ -96,17 +103,7 @@ def test_a_model_measured_slow_never_runs_on_the_loop_nor_stalls_other_requests(
 ) -> None:
     # A version measured slow from its first calls: always a worker thread, never the loop.
     batching = {"max_batch_size": 8, "max_wait_ms": 0}
-    config = make_config(
-        [
-            {
-                "name": switch,
-                "model": switch,
-                "variants": [{"alias": "champion"}],
-                "batching": batching,
-            },
-            {"name": "churn", "model": "churn", "variants": [{"alias": "champion"}]},
-        ]
-    )
+    config = _config(make_config, switch, batching)
     models.SWITCH["mode"] = "sleep"
     with running_gateway(config) as url:
         for _ in range(3):
