@@ -98,6 +98,11 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+        else:
+            # Only a header section left incomplete by this read is timed: headers that arrive
+            # whole, as nearly all do, cost no timer.
+            if self._head_bytes and self._head_timer is None:
+                self._start_head_timer()
 
     def _head_ends(self, data: bytes, before: int) -> bool:
         """Whether the header section ends in `data` within the limit (a body may follow it)."""
@@ -105,10 +110,8 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         return end != -1 and before - len(self._tail) + end + 4 <= self.max_header_bytes
 
     def on_message_begin(self) -> None:
-        """A request starts: its header section is counted and timed from here."""
+        """A request starts: its header fields are counted from here."""
         self._fields = 0
-        if self._head_timer is None:
-            self._start_head_timer()
         super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
