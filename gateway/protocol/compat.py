@@ -29,6 +29,7 @@ __all__ = [
     "parse_json_document",
     "parse_parquet",
     "signature_from_type_hints",
+    "sklearn_predict_method",
     "without_input_enforcement",
 ]
 
@@ -111,3 +112,28 @@ def frame_from_arrays(arrays: list[Any], columns: pd.Index, length: int) -> pd.D
 def concat_extension_arrays(arrays: list[Any]) -> Any:
     """Several pandas extension arrays of one type as one (the interface's own concatenation)."""
     return type(arrays[0])._concat_same_type(arrays)
+
+
+def sklearn_predict_method(pyfunc: Any) -> tuple[Any, str] | None:
+    """The estimator of an `mlflow.sklearn` pyfunc model and the name of the method it predicts
+    with (`predict`, or the `pyfunc_predict_fn` it was logged with); None for any other model.
+
+    MLflow's sklearn wrapper (`_SklearnModelWrapper`) hands `predict`'s input to the estimator
+    unchanged and ignores params; the pyfunc model calls the wrapper method in `_predict_fn`.
+    """
+    implementation = getattr(pyfunc, "_model_impl", None)
+    estimator = getattr(implementation, "sklearn_model", None)
+    method = getattr(pyfunc, "_predict_fn", None)
+    if (
+        estimator is None
+        or method is None
+        or type(implementation).__name__ != "_SklearnModelWrapper"
+    ):
+        return None
+    owner = getattr(method, "__self__", None)
+    wrapper_predict = getattr(type(implementation), "predict", None)
+    if owner is implementation and getattr(method, "__func__", None) is wrapper_predict:
+        return estimator, "predict"
+    if owner is estimator:
+        return estimator, method.__name__
+    return None

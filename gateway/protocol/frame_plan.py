@@ -91,6 +91,20 @@ class FramePlan:
             ]
         return compat.frame_from_arrays(arrays, self.index, sum(part.length for part in parts))
 
+    def array(self, parts: Sequence[PlannedRows]) -> np.ndarray:
+        """The rows of `build`'s frame as the 2-D array `np.asarray` makes of it, without the frame.
+
+        For plans whose every dtype is a numpy one: pandas then lays the frame's values out one
+        column after another in their common dtype, and so does this.
+        """
+        columns = [
+            parts[0].arrays[column]
+            if len(parts) == 1
+            else np.concatenate([part.arrays[column] for part in parts])
+            for column in range(len(self.names))
+        ]
+        return np.array(columns, dtype=np.result_type(*self.dtypes)).T
+
     def _typed(self, columns: Sequence[Any], column: Any, length: int) -> PlannedRows | None:
         if length == 0 or len(columns) != len(self.names):
             return None

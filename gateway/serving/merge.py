@@ -20,7 +20,7 @@ import pandas as pd
 from gateway.core.errors import GatewayError, internal_error
 from gateway.core.spans import Stages
 from gateway.protocol import payload
-from gateway.serving.prediction import Part, Prediction, predict_raw
+from gateway.serving.prediction import Part, Prediction, model_data, predict_raw
 from gateway.serving.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class _Batch:
         first = inputs[0]
         sizes = [model_input.row_count for model_input in inputs]
         if first.rows is not None and first.plan is not None:
-            data = first.plan.build([item.rows for item in inputs if item.rows is not None])
+            data = model_data(self.model, inputs)
         else:
             data = pd.concat([item.data for item in inputs], ignore_index=True)
         total = sum(sizes)
@@ -173,7 +173,10 @@ class _Batch:
     ) -> Prediction | GatewayError:
         try:
             raw, started, ended = predict_raw(
-                self.model, model_input.frame(), model_input.params, model_input.plan
+                self.model,
+                model_data(self.model, [model_input]),
+                model_input.params,
+                model_input.plan,
             )
             body = payload.encode_predictions(raw, model_input.unwrapped)
         except GatewayError as error:

@@ -64,7 +64,7 @@ def predict_one(
     parsed = time.perf_counter()
     rows = model_input.row_count
     raw, started, ended = predict_raw(
-        model, model_input.frame(), model_input.params, model_input.plan
+        model, model_data(model, [model_input]), model_input.params, model_input.plan
     )
     encoded = payload.encode_predictions(raw, model_input.unwrapped)
     if queued_at is None:  # a shadow copy: neither queued nor traced
@@ -204,19 +204,44 @@ def _assign(
     return [next(sticky) if ok else choose_random(weights, rng) for ok in present]
 
 
+def goes_direct(model: LoadedModel, plan: Any, params: dict[str, Any] | None) -> bool:
+    """Whether input built by `plan` is predicted straight on the model's scikit-learn estimator
+    (`gateway.serving.direct`): the model allows it, the plan is its own, and there are no params."""
+    return model.direct is not None and plan is not None and plan == model.spec.plan and not params
+
+
+def model_data(model: LoadedModel, inputs: Sequence[payload.ModelInput]) -> Any:
+    """What `predict_raw` takes for the rows of these inputs (one, or several planned alike).
+
+    Planned rows are built as one array for a model predicted directly, else as one frame; the
+    input of a request without a plan is its data as parsed.
+    """
+    first = inputs[0]
+    if first.rows is None or first.plan is None:
+        return first.data
+    parts = [item.rows for item in inputs if item.rows is not None]
+    if goes_direct(model, first.plan, first.params):
+        return first.plan.array(parts)
+    return first.plan.build(parts)
+
+
 def predict_raw(
     model: LoadedModel, data: Any, params: dict[str, Any] | None, plan: Any = None
 ) -> tuple[Any, float, float]:
     """The model's raw predictions and when `predict` started and ended (perf_counter).
 
-    A frame built by a frame plan equal to the model's own skips MLflow's schema enforcement:
+    Input built by a frame plan equal to the model's own skips MLflow's schema enforcement:
     variant A's plan builds exactly what variant B's would when both have the same signature.
+    Where `goes_direct`, it is predicted straight on the scikit-learn estimator instead.
     """
-    exact = plan is not None and plan == model.spec.plan and model.planned_pyfunc is not None
-    pyfunc = model.planned_pyfunc if exact else model.pyfunc
     started = time.perf_counter()
     try:
-        raw = pyfunc.predict(data, params=params)
+        if goes_direct(model, plan, params):
+            assert model.direct is not None
+            raw = model.direct(data)
+        else:
+            exact = plan is not None and plan == model.spec.plan and model.planned_pyfunc
+            raw = (model.planned_pyfunc if exact else model.pyfunc).predict(data, params=params)
     except Exception as exc:
         error = payload.predict_error(exc)
         # The caller gets a 4xx: one short line per kind and interval, the traceback at DEBUG.

@@ -16,6 +16,7 @@ from gateway.core.config import Variant
 from gateway.protocol import compat
 from gateway.protocol.frame_plan import make_plan
 from gateway.protocol.payload import InputSpec, parse_json
+from gateway.serving.direct import Direct, direct_predict
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class LoadedModel:
     planned_pyfunc: Any = None
     # MLflow's pyfunc loader module (`mlflow.sklearn`, `mlflow.pyfunc.model`, ...): the flavor.
     loader_module: str | None = None
+    # Its plan's frames predicted straight on a scikit-learn estimator, where that is the same.
+    direct: Direct | None = None
 
 
 class Registry:
@@ -206,21 +209,27 @@ class Registry:
                 f"{version.uri} (registry {self.registry_uri}): cannot load: {_first_line(str(exc))}",
                 LOAD_FAILED,
             ) from exc
-        metadata = pyfunc.metadata
-        schema = metadata.get_input_schema()
+        return loaded_model(version, pyfunc)
 
-        def reference(document: dict[str, Any]) -> Any:
-            # What `predict` hands the model: MLflow's parse, then its schema enforcement.
-            return compat.enforce_schema(parse_json(document, metadata, schema).data, schema)
 
-        plan = make_plan(metadata, schema, reference)
-        return LoadedModel(
-            version=version,
-            pyfunc=pyfunc,
-            spec=InputSpec(metadata, schema, plan),
-            planned_pyfunc=None if plan is None else compat.without_input_enforcement(pyfunc),
-            loader_module=_loader_module(metadata),
-        )
+def loaded_model(version: ModelVersion, pyfunc: Any) -> LoadedModel:
+    """A loaded pyfunc model with what serving it needs: its input spec, frame plan, fast paths."""
+    metadata = pyfunc.metadata
+    schema = metadata.get_input_schema()
+
+    def reference(document: dict[str, Any]) -> Any:
+        # What `predict` hands the model: MLflow's parse, then its schema enforcement.
+        return compat.enforce_schema(parse_json(document, metadata, schema).data, schema)
+
+    plan = make_plan(metadata, schema, reference)
+    return LoadedModel(
+        version=version,
+        pyfunc=pyfunc,
+        spec=InputSpec(metadata, schema, plan),
+        planned_pyfunc=None if plan is None else compat.without_input_enforcement(pyfunc),
+        loader_module=_loader_module(metadata),
+        direct=direct_predict(pyfunc, plan),
+    )
 
 
 def _loader_module(metadata: Any) -> str | None:

@@ -1,8 +1,10 @@
 """One test per private MLflow or pandas hook in gateway.protocol.compat: a release that moves one fails here."""
 
 from io import BytesIO, StringIO
+from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,3 +106,31 @@ def test_frame_from_arrays_builds_a_frame_without_copying_checks() -> None:
 def test_concat_extension_arrays_joins_string_arrays() -> None:
     parts = [pd.array(["a"], dtype="string"), pd.array(["b", "c"], dtype="string")]
     assert list(compat.concat_extension_arrays(parts)) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("predict_fn", ["predict", "predict_proba"])
+def test_sklearn_predict_method_finds_the_estimator_and_its_method(
+    tmp_path: Path, predict_fn: str
+) -> None:
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    frame = pd.DataFrame({"age": [1.0, 2.0, 3.0, 4.0]})
+    estimator = (LogisticRegression() if predict_fn == "predict_proba" else LinearRegression()).fit(
+        frame, [0, 1, 0, 1]
+    )
+    mlflow.sklearn.save_model(
+        estimator,
+        tmp_path / "model",
+        pyfunc_predict_fn=predict_fn,
+        serialization_format="cloudpickle",
+        pip_requirements=[],
+    )
+    found = compat.sklearn_predict_method(mlflow.pyfunc.load_model(str(tmp_path / "model")))
+    assert found is not None
+    assert type(found[0]) is type(estimator)
+    assert found[1] == predict_fn
+
+
+def test_sklearn_predict_method_is_none_for_other_models() -> None:
+    pyfunc = PyFuncModel(model_meta=_metadata(), model_impl=_Echo())
+    assert compat.sklearn_predict_method(pyfunc) is None

@@ -4,6 +4,7 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.models import Model, ModelSignature
@@ -161,3 +162,40 @@ def test_signatures_it_cannot_build_get_no_plan() -> None:
         is None
     )
     assert make_plan(Model(), None, reference) is None
+
+
+@pytest.mark.parametrize(
+    "types",
+    [("long", "double", "long"), ("double", "double"), ("long",), ("double", "long")],
+)
+def test_the_array_of_numeric_rows_is_what_numpy_makes_of_their_frame(
+    types: tuple[str, ...],
+) -> None:
+    names = [f"c{i}" for i in range(len(types))]
+    schema = Schema([ColSpec(kind, name) for kind, name in zip(types, names, strict=True)])
+    metadata = Model(signature=ModelSignature(inputs=schema))
+
+    def numeric_reference(document: dict[str, Any]) -> Any:
+        return _enforce_schema(payload.parse_json(document, metadata, schema).data, schema)
+
+    plan = make_plan(metadata, schema, numeric_reference)
+    assert plan is not None
+    rng = random.Random(len(types))
+    parts = []
+    for _ in range(4):
+        data = [
+            [
+                rng.randint(-(2**40), 2**40) if kind == "long" else rng.uniform(-1e9, 1e9)
+                for kind in types
+            ]
+            for _ in range(rng.randint(1, 5))
+        ]
+        rows = plan.rows({"dataframe_split": {"columns": names, "data": data}})
+        assert rows is not None
+        parts.append(rows)
+    for chosen in (parts[:1], parts):
+        expected = np.asarray(plan.build(chosen))
+        array = plan.array(chosen)
+        assert array.dtype == expected.dtype
+        assert array.flags.f_contiguous == expected.flags.f_contiguous
+        np.testing.assert_array_equal(array, expected)

@@ -1,0 +1,277 @@
+"""Planned rows predicted straight on a scikit-learn estimator: MLflow's predictions, exactly, or
+MLflow's own path where that cannot be shown."""
+
+import json
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models import infer_signature
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    VotingClassifier,
+)
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from gateway.core.errors import GatewayError
+from gateway.protocol import payload
+from gateway.serving.prediction import goes_direct, model_data, predict_raw
+from gateway.serving.registry import LoadedModel, ModelVersion, loaded_model
+
+ROWS = 300
+
+
+def _training(seed: int = 3) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 90, ROWS),
+            "income": rng.normal(50_000, 15_000, ROWS),
+            "calls": rng.integers(0, 12, ROWS),
+        }
+    )
+    labels = (frame["income"] / 10_000 + frame["calls"] - frame["age"] / 20 > 3).astype(int)
+    return frame, labels.to_numpy()
+
+
+def _load(
+    directory: Path,
+    name: str,
+    estimator: Any,
+    frame: pd.DataFrame,
+    labels: np.ndarray,
+    predict_fn: str = "predict",
+) -> LoadedModel:
+    """Fit, save with MLflow's sklearn flavor (signature from the frame), load as the gateway does."""
+    fitted = estimator.fit(frame, labels)
+    path = directory / name
+    mlflow.sklearn.save_model(
+        fitted,
+        path,
+        signature=infer_signature(frame, fitted.predict(frame)),
+        pyfunc_predict_fn=predict_fn,
+        serialization_format="cloudpickle",
+        pip_requirements=[],
+    )
+    return loaded_model(ModelVersion(name, "1", None), mlflow.pyfunc.load_model(str(path)))
+
+
+def _document(rng: random.Random, rows: int, columns: list[str]) -> dict[str, Any]:
+    data = [
+        [
+            rng.randint(0, 100) if name in ("age", "calls") else rng.uniform(-1e5, 2e5)
+            for name in columns
+        ]
+        for _ in range(rows)
+    ]
+    return {"dataframe_split": {"columns": columns, "data": data}}
+
+
+def _mlflow_answer(model: LoadedModel, document: dict[str, Any]) -> Any:
+    """What `mlflow models serve` predicts: its parse, then the pyfunc model's `predict`."""
+    parsed = payload.parse_json(document, model.spec.metadata, model.spec.input_schema)
+    return model.pyfunc.predict(parsed.data)
+
+
+DIRECT_MODELS = {
+    "logistic": (LogisticRegression(max_iter=500), "predict"),
+    "logistic-proba": (LogisticRegression(max_iter=500), "predict_proba"),
+    "forest": (RandomForestClassifier(n_estimators=7, random_state=1), "predict"),
+    "forest-proba": (RandomForestClassifier(n_estimators=7, random_state=1), "predict_proba"),
+    "boosting": (GradientBoostingClassifier(n_estimators=10, random_state=1), "predict_proba"),
+    "hist-boosting": (HistGradientBoostingRegressor(max_iter=10), "predict"),
+    "linear": (LinearRegression(), "predict"),
+}
+
+
+@pytest.fixture(scope="module")
+def direct_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadedModel]:
+    directory = tmp_path_factory.mktemp("direct")
+    frame, labels = _training()
+    return {
+        name: _load(directory, name, estimator, frame, labels, predict_fn)
+        for name, (estimator, predict_fn) in DIRECT_MODELS.items()
+    }
+
+
+@pytest.mark.parametrize("name", list(DIRECT_MODELS))
+def test_direct_predictions_are_mlflows_exactly(
+    direct_models: dict[str, LoadedModel], name: str
+) -> None:
+    model = direct_models[name]
+    assert model.direct is not None
+    rng = random.Random(name)
+    for _ in range(40):
+        rows = rng.choice([1, 2, 7, 32])
+        columns = rng.sample(["age", "income", "calls"], 3)
+        document = _document(rng, rows, columns)
+        parsed = payload.parse_json(
+            document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+        )
+        assert goes_direct(model, parsed.plan, parsed.params)
+        data = model_data(model, [parsed])
+        assert isinstance(data, np.ndarray)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "X does not have valid feature names"
+            raw, _, _ = predict_raw(model, data, parsed.params, parsed.plan)
+        expected = _mlflow_answer(model, document)
+        assert raw.dtype == expected.dtype
+        np.testing.assert_array_equal(raw, expected)
+        assert payload.encode_predictions(raw, False) == payload.encode_predictions(expected, False)
+
+
+def test_a_merged_batch_goes_direct_with_the_same_predictions(
+    direct_models: dict[str, LoadedModel],
+) -> None:
+    model = direct_models["forest-proba"]
+    rng = random.Random(5)
+    documents = [_document(rng, rng.randint(1, 4), ["age", "income", "calls"]) for _ in range(9)]
+    inputs = [
+        payload.parse_json(d, model.spec.metadata, model.spec.input_schema, model.spec.plan)
+        for d in documents
+    ]
+    raw, _, _ = predict_raw(model, model_data(model, inputs), None, inputs[0].plan)
+    expected = np.concatenate([_mlflow_answer(model, d) for d in documents])
+    np.testing.assert_array_equal(raw, expected)
+
+
+def test_a_request_with_params_goes_through_mlflow(direct_models: dict[str, LoadedModel]) -> None:
+    model = direct_models["logistic"]
+    document = {**_document(random.Random(1), 2, ["age", "income", "calls"]), "params": {}}
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    assert not goes_direct(model, parsed.plan, {"threshold": 0.5})
+    assert goes_direct(model, parsed.plan, parsed.params)  # empty params change nothing
+
+
+def test_a_nan_fails_directly_as_it_fails_through_mlflow(
+    direct_models: dict[str, LoadedModel],
+) -> None:
+    model = direct_models["logistic"]
+    document = json.loads(
+        '{"dataframe_split": {"columns": ["age", "income", "calls"], "data": [[1, NaN, 2]]}}'
+    )
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    assert goes_direct(model, parsed.plan, parsed.params)
+    with pytest.raises(GatewayError) as direct:
+        predict_raw(model, model_data(model, [parsed]), parsed.params, parsed.plan)
+    with pytest.raises(GatewayError) as through_mlflow:
+        predict_raw(model, parsed.frame(), parsed.params)  # no plan: MLflow's whole `predict`
+    assert direct.value.to_dict() == through_mlflow.value.to_dict()
+    assert direct.value.status_code == 400
+
+
+def _not_direct(tmp_path: Path, name: str, estimator: Any, frame: pd.DataFrame) -> None:
+    labels = (frame.iloc[:, 0].to_numpy() > frame.iloc[:, 0].median()).astype(int)
+    model = _load(tmp_path, name, estimator, frame, labels)
+    assert model.direct is None
+    document = {
+        "dataframe_split": {
+            "columns": list(frame.columns),
+            "data": frame.head(3).to_numpy().tolist(),
+        }
+    }
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    assert not goes_direct(model, parsed.plan, parsed.params)
+
+
+def test_pipelines_and_meta_estimators_go_through_mlflow(tmp_path: Path) -> None:
+    frame, _ = _training()
+    floats = frame.astype("float64")
+    _not_direct(
+        tmp_path,
+        "pipeline",
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)),
+        floats,
+    )
+    _not_direct(
+        tmp_path,
+        "columns",
+        make_pipeline(
+            ColumnTransformer([("scale", StandardScaler(), ["income"])], remainder="passthrough"),
+            LogisticRegression(max_iter=5000),
+        ),
+        floats,
+    )
+    _not_direct(
+        tmp_path,
+        "voting",
+        VotingClassifier(
+            [
+                ("a", LogisticRegression(max_iter=5000)),
+                ("b", LogisticRegression(C=0.1, max_iter=5000)),
+            ]
+        ),
+        floats,
+    )
+
+
+def test_models_whose_columns_are_not_plain_numbers_go_through_mlflow(tmp_path: Path) -> None:
+    frame, _ = _training()
+    flagged = frame.assign(vip=frame["calls"] > 5)
+    _not_direct(tmp_path, "booleans", LogisticRegression(max_iter=5000), flagged)
+
+
+def test_an_estimator_fitted_on_other_column_order_goes_through_mlflow(tmp_path: Path) -> None:
+    frame, labels = _training()
+    estimator = LogisticRegression(max_iter=500).fit(frame[["income", "age", "calls"]], labels)
+    path = tmp_path / "reordered"
+    mlflow.sklearn.save_model(
+        estimator,
+        path,
+        signature=infer_signature(frame, labels),  # age, income, calls
+        serialization_format="cloudpickle",
+        pip_requirements=[],
+    )
+    model = loaded_model(ModelVersion("reordered", "1", None), mlflow.pyfunc.load_model(str(path)))
+    assert model.spec.plan is not None
+    assert model.direct is None
+
+
+def test_an_estimator_fitted_on_an_array_goes_direct(tmp_path: Path) -> None:
+    frame, labels = _training()
+    estimator = LogisticRegression(max_iter=500).fit(frame.to_numpy(dtype="float64"), labels)
+    path = tmp_path / "unnamed"
+    mlflow.sklearn.save_model(
+        estimator,
+        path,
+        signature=infer_signature(frame, labels),
+        serialization_format="cloudpickle",
+        pip_requirements=[],
+    )
+    model = loaded_model(ModelVersion("unnamed", "1", None), mlflow.pyfunc.load_model(str(path)))
+    assert model.direct is not None
+    document = _document(random.Random(2), 5, ["age", "income", "calls"])
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        raw, _, _ = predict_raw(model, model_data(model, [parsed]), None, parsed.plan)
+    with warnings.catch_warnings():
+        # MLflow's path hands the model a frame, which it was not fitted on: scikit-learn warns.
+        warnings.simplefilter("ignore", UserWarning)
+        expected = _mlflow_answer(model, document)
+    np.testing.assert_array_equal(raw, expected)
+
+
+def test_the_original_estimator_keeps_its_feature_names(
+    direct_models: dict[str, LoadedModel],
+) -> None:
+    estimator = direct_models["logistic"].pyfunc._model_impl.sklearn_model
+    assert list(estimator.feature_names_in_) == ["age", "income", "calls"]
