@@ -188,6 +188,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=MODELS, default="pipeline")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    # The servers' environment has no GATEWAY_* variables (gatewaybench.servers): limits other
+    # than the defaults go into the config.
+    parser.add_argument(
+        "--max-queue-ms", type=float, help="the gateway's max_queue_ms (default: its own default)"
+    )
+    parser.add_argument(
+        "--max-in-flight", type=int, help="the gateway's max_in_flight (default: derived)"
+    )
     return parser
 
 
@@ -201,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory = Path(temporary)
         tracking_uri = build_registry(args.model, directory / "registry")
         config = gateway_config(tracking_uri, directory, Features.OBSERVED)
+        if args.max_queue_ms is not None:
+            config["max_queue_ms"] = args.max_queue_ms
+        if args.max_in_flight is not None:
+            config["max_in_flight"] = args.max_in_flight
         spec = ServerSpec("gateway-overload", "gateway", args.workers, Features.OBSERVED, config)
         body = payloads(model_features(args.model))[1]
         try:
