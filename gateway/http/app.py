@@ -9,8 +9,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import random
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -26,6 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, ShedError, internal_error
 from gateway.http.body import BodyReader, ClientGoneError
+from gateway.http.invocations import INVOCATIONS
+from gateway.http.invocations import request_id as new_request_id
 from gateway.observe import metrics
 from gateway.serving.auth import TokenStore
 from gateway.serving.outcome import Invocation, Outcome
@@ -35,9 +35,6 @@ from gateway.serving.service import InvocationService
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
-_MAX_REQUEST_ID = 128
-# `POST /invocations`, `/endpoints/{name}/invocations` and Databricks' `/serving-endpoints/{name}/invocations`.
-_INVOCATIONS = re.compile(r"/(?:(?:serving-)?endpoints/(?P<name>[^/]+)/)?invocations")
 
 
 def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = None) -> ASGIApp:
@@ -79,7 +76,7 @@ def create_app(runtime: Runtime, *, peers_ready: Callable[[], bool] | None = Non
         # Invocations, the hot path, skip Starlette's middleware, router, Request and Response
         # (~12% of a request's CPU); every other route and the lifespan are Starlette's.
         if scope["type"] == "http":
-            found = _INVOCATIONS.fullmatch(scope["path"])
+            found = INVOCATIONS.fullmatch(scope["path"])
             if found is not None:
                 name = found["name"]
                 await _invoke(runtime.service, reader, auth, name, scope, receive, send)
@@ -172,7 +169,7 @@ async def _invoke(
             requester = auth.requester(headers.pop("authorization", None))
         except GatewayError as error:
             refusal = error
-    request_id = _request_id(headers.get("x-request-id"))
+    request_id = new_request_id(headers.get("x-request-id"))
     invocation = Invocation(
         request_id,
         name,
@@ -254,17 +251,6 @@ async def _send_error(send: Send, error: GatewayError, headers: list[tuple[bytes
 
 def _method_not_allowed(method: str, path: str) -> GatewayError:
     return GatewayError("METHOD_NOT_ALLOWED", f"{method} is not allowed on {path[:200]}.")
-
-
-# New request ids: 128 random bits as 32 hex digits, like uuid4().hex, without a system call and
-# a UUID object per request. Unique, not secret; seeded from os.urandom in every worker process.
-_IDS = random.Random()
-
-
-def _request_id(given: str | None) -> str:
-    if given and len(given) <= _MAX_REQUEST_ID and given.isprintable() and given.isascii():
-        return given
-    return f"{_IDS.getrandbits(128):032x}"
 
 
 def _json(

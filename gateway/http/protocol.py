@@ -7,6 +7,13 @@ byte to the end of its headers, which also ends a connection that never sends an
 limit the client gets 431 or 408 with a JSON error body and the connection is closed: such a
 request has no endpoint yet, so it is counted as `_unknown` and leaves no inference record.
 Limits on the body (its size, rows and read time) belong to the app, where the request is known.
+
+One refusal is made here for speed: an invocation whose headers arrive while its worker already
+answers `max_in_flight` others gets its 503 (with `Retry-After`) from the connection, its body
+skipped as it arrives, without an ASGI task, a body read or an inference record. Under a flood
+of callers that ignore `Retry-After`, refusals are most of the work; were each as costly as a
+served request, the worker would spend itself refusing, and the requests it does serve would
+wait behind the refusals.
 """
 
 import asyncio
@@ -14,19 +21,26 @@ import contextlib
 import json
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.core.config import GatewayConfig
-from gateway.core.errors import GatewayError
+from gateway.core.errors import GatewayError, ShedError
+from gateway.http.invocations import INVOCATIONS, request_id
 from gateway.observe import metrics
 from gateway.observe.quiet import QuietLog
 from gateway.serving.accounting import NONE, UNKNOWN
 
 _QUIET = QuietLog(logging.getLogger("uvicorn.error"))
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# A body this large is not skipped by the connection: the app reads (and limits) it, then sheds.
+SKIP_BODY_MAX = 1024 * 1024
+# Decides whether an invocation arriving now (its endpoint's name, None for `/invocations`) is
+# shed at once: the refusal, counted already, or None.
+Shedder = Callable[[str | None], ShedError | None]
 
 
 class _RefusedError(Exception):
@@ -44,6 +58,7 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
     max_headers = 100
     header_timeout = 20.0
     count = True
+    shed_on_arrival: Shedder | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,6 +69,8 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         self._head_started = 0.0
         # The last bytes of the header section so far: its end may straddle two reads.
         self._tail = b""
+        # The answer to a request shed on arrival, sent once its body has been skipped.
+        self._shed: bytes | None = None
 
     def connection_made(self, transport: Any) -> None:
         """Turn off Nagle's algorithm, and give the first request its time to arrive.
@@ -124,16 +141,75 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The header section is whole: the body is the app's to limit."""
+        """The header section is whole: the body is the app's to limit, unless shed at once."""
         self._head_bytes = None
+        if self.shed_on_arrival is not None and self._shed_now(self.shed_on_arrival):
+            if self._head_timer is None:  # the header timer bounds the skipping of the body too
+                self._start_head_timer()
+            return
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        """A shed request's body is skipped; any other goes to the app."""
+        if self._shed is None:
+            super().on_body(body)
 
     def on_message_complete(self) -> None:
         """What arrives next belongs to the next request's header section."""
         self._head_bytes = 0
         self._tail = b""
-        super().on_message_complete()
+        if self._shed is None:
+            super().on_message_complete()
+            return
+        answer, self._shed = self._shed, None
+        self._stop_head_timer()
+        if self.transport.is_closing():
+            return
+        keep_alive = self.parser.should_keep_alive()
+        self.transport.write(answer if keep_alive else answer.replace(b"\r\n\r\n", _CLOSING, 1))
+        if keep_alive:
+            self.on_response_complete()  # uvicorn's keep-alive timer, then the next request
+        else:
+            self.transport.close()
+
+    def _shed_now(self, shed: Shedder) -> bool:
+        """Whether this request is an invocation to shed now; if so, its answer is made ready.
+
+        Only a request that is next to be answered (no response of this connection still owed
+        before it) with a body of a known, small size is shed here; the app sheds the others.
+        """
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False
+        if self.parser.get_method() != b"POST" or self.expect_100_continue:
+            return False
+        found = INVOCATIONS.fullmatch(self.url.partition(b"?")[0].decode("latin-1"))
+        if found is None:
+            return False
+        given: str | None = None
+        length: int | None = None
+        for name, value in self.headers:
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif name == b"transfer-encoding":
+                return False
+            elif name == b"x-request-id":
+                given = value.decode("latin-1")
+        if length is None or length > SKIP_BODY_MAX:
+            return False
+        error = shed(found["name"])
+        if error is None:
+            return False
+        _QUIET.warning(
+            "shed", "refusing requests on arrival: %s", error.message.removesuffix(" Retry later.")
+        )
+        body = json.dumps(error.to_dict()).encode()
+        self._shed = (
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+            b"retry-after: %d\r\nx-request-id: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (error.retry_after, request_id(given).encode("latin-1"), len(body), body)
+        )
+        return True
 
     def _invalid(self) -> None:
         # As uvicorn answers a request it cannot parse, with one log line per interval at most.
@@ -179,12 +255,17 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+_CLOSING = b"\r\nconnection: close\r\n\r\n"
+
+
 def _too_large(message: str) -> GatewayError:
     return GatewayError("REQUEST_HEADER_FIELDS_TOO_LARGE", message)
 
 
-def protocol_for(config: GatewayConfig) -> type[GatewayHTTPProtocol]:
-    """The connection protocol with the config's header limits."""
+def protocol_for(
+    config: GatewayConfig, shed_on_arrival: Shedder | None = None
+) -> type[GatewayHTTPProtocol]:
+    """The connection protocol with the config's header limits, shedding with `shed_on_arrival`."""
     return type(
         "ConfiguredHTTPProtocol",
         (GatewayHTTPProtocol,),
@@ -193,5 +274,6 @@ def protocol_for(config: GatewayConfig) -> type[GatewayHTTPProtocol]:
             "max_headers": config.max_headers,
             "header_timeout": config.header_timeout_seconds,
             "count": config.metrics.enabled,
+            "shed_on_arrival": shed_on_arrival,
         },
     )

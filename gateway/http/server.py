@@ -116,7 +116,7 @@ def _serve_here(
     server = _Server(
         uvicorn.Config(
             app,
-            http=protocol_for(config),
+            http=protocol_for(config, runtime.service.refuse_on_arrival),
             lifespan="on",
             access_log=False,
             log_config=None,

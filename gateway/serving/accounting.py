@@ -69,6 +69,14 @@ class Accountant:
                 metrics.SHED.labels(label, outcome.error.reason).inc()
         self._log(outcome)
 
+    def count_refusal(self, endpoint: str | None, error: GatewayError) -> None:
+        """Count a request refused before it was read: no variant, no record (see `record`)."""
+        if self._metrics:
+            label = self._label(endpoint)
+            _count(label, None, error.status_code, 0.0)
+            if isinstance(error, ShedError):
+                metrics.SHED.labels(label, error.reason).inc()
+
     def _count_attempt(self, attempt: Outcome) -> None:
         if not self._metrics or attempt.decision is None or attempt.decision.variant is None:
             return

@@ -11,6 +11,7 @@ from functools import partial
 from gateway.core.config import Endpoint, GatewayConfig
 from gateway.core.errors import (
     GatewayError,
+    ShedError,
     internal_error,
     too_many_in_flight,
     waited_too_long,
@@ -200,6 +201,21 @@ class InvocationService:
             logger.error("invocation %s failed", invocation.request_id, exc_info=exc)
             error = internal_error()
         return self._outcome(invocation, endpoint, decision, None, error, None)
+
+    def refuse_on_arrival(self, name: str | None) -> ShedError | None:
+        """The refusal of an invocation whose headers just arrived at a worker already answering
+        `max_in_flight` others; None: it may come in.
+
+        The connection answers it at once (`gateway.http.protocol`), without reading it into the
+        app: under a flood of callers a refusal must cost next to nothing, or refusing crowds
+        out serving. It is counted like any shed request, and leaves no inference record: it was
+        never read, and no variant had a part in it.
+        """
+        if self._max_in_flight is None or self._admitted < self._max_in_flight:
+            return None
+        error = too_many_in_flight(self._max_in_flight)
+        self._accountant.count_refusal(name, error)
+        return error
 
     def _admit(self) -> None:
         """Shed a request that finds its worker answering `max_in_flight` others already."""

@@ -78,9 +78,10 @@ def running_gateway(
     """A real uvicorn server on 127.0.0.1 in a thread; yields its base URL."""
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = create_app(build_runtime(config, registry=registry, log_writer=log_writer))
+    runtime = build_runtime(config, registry=registry, log_writer=log_writer)
+    protocol = protocol_for(config, runtime.service.refuse_on_arrival)
     server = uvicorn.Server(
-        uvicorn.Config(app, http=protocol_for(config), log_config=None, access_log=False)
+        uvicorn.Config(create_app(runtime), http=protocol, log_config=None, access_log=False)
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
