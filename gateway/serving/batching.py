@@ -121,6 +121,8 @@ class Batcher:
 
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the next batch, or stop when nobody is waiting."""
+        if self._max_queue is not None:
+            self._shed_stale(loop.time() - self._max_queue)
         if not self._waiting:
             self._running = False
             return
@@ -198,6 +200,23 @@ class Batcher:
                 loop.call_soon_threadsafe(self._finish, loop, batch, done)
 
         done.add_done_callback(answer)
+
+    def _shed_stale(self, queued_by: float) -> None:
+        """Answer every request queued before `queued_by` with a 503, all in this turn.
+
+        The queue is in arrival order, so they are at its head. Shed a batch at a time instead,
+        an overloaded worker would spend a turn of its loop on each batch of late requests
+        while the requests behind them grow late too.
+        """
+        stale = 0
+        while self._waiting and self._waiting[0].since < queued_by:
+            waiting = self._waiting.popleft()
+            stale += 1
+            if not waiting.future.done():
+                assert self._max_queue is not None
+                waiting.future.set_exception(waited_too_long(self._max_queue))
+        if stale and self._queue_gauge is not None:
+            self._queue_gauge.dec(stale)
 
     def _shed_late(self, queued_by: float, batch: list[_Waiting]) -> list[_Waiting]:
         """Answer the requests queued before `queued_by` with a 503; the others go on."""
