@@ -71,21 +71,28 @@ def _percentile_ms(values: Sequence[float], percent: int) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1] * 1000
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response with a Content-Length; return its status."""
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, float | None]:
+    """Read one HTTP/1.1 response with a Content-Length; its status and its Retry-After."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
+    retry_after = None
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
+        elif name == b"retry-after":
+            retry_after = float(value)
     await reader.readexactly(length)
-    return status
+    return status, retry_after
 
 
-async def _connection(port: int, request: bytes, until: float, answers: Answers) -> None:
-    """Send `request` on one keep-alive connection, again and again, until the loop time `until`."""
+async def _connection(
+    port: int, request: bytes, until: float, answers: Answers, polite: bool
+) -> None:
+    """Send `request` on one keep-alive connection, again and again, until the loop time `until`;
+    when `polite`, wait as long as a response's Retry-After says before the next."""
     loop = asyncio.get_running_loop()
     try:
         reader, writer = await asyncio.wait_for(
@@ -98,8 +105,12 @@ async def _connection(port: int, request: bytes, until: float, answers: Answers)
         while loop.time() < until:
             started = time.perf_counter()
             writer.write(request)
-            status = await asyncio.wait_for(_read_answer(reader), ANSWER_TIMEOUT_SECONDS)
+            status, retry_after = await asyncio.wait_for(
+                _read_answer(reader), ANSWER_TIMEOUT_SECONDS
+            )
             answers.add(status, time.perf_counter() - started)
+            if polite and retry_after is not None:
+                await asyncio.sleep(min(retry_after, max(0.0, until - loop.time())))
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
         answers.errors += 1
     finally:
@@ -108,18 +119,27 @@ async def _connection(port: int, request: bytes, until: float, answers: Answers)
             await writer.wait_closed()
 
 
-async def _phase(port: int, request: bytes, connections: int, seconds: float) -> Answers:
+async def _phase(
+    port: int, request: bytes, connections: int, seconds: float, polite: bool
+) -> Answers:
     answers = Answers()
     until = asyncio.get_running_loop().time() + seconds
-    await asyncio.gather(*(_connection(port, request, until, answers) for _ in range(connections)))
+    await asyncio.gather(
+        *(_connection(port, request, until, answers, polite) for _ in range(connections))
+    )
     return answers
 
 
-def measure(port: int, request: bytes, connections: int, seconds: float) -> PhaseFigures:
-    """Drive the gateway with `connections` for `seconds`; the figures of every answer."""
+def measure(
+    port: int, request: bytes, connections: int, seconds: float, polite: bool = False
+) -> PhaseFigures:
+    """Drive the gateway with `connections` for `seconds`; the figures of every answer.
+
+    `polite` clients wait as Retry-After says after a 503; the others ask again at once.
+    """
     cpu = time.process_time()
     started = time.perf_counter()
-    answers = uvloop.run(_phase(port, request, connections, seconds))
+    answers = uvloop.run(_phase(port, request, connections, seconds, polite))
     elapsed = time.perf_counter() - started
     served = answers.latencies.get(200, [])
     shed = answers.latencies.get(503, [])
@@ -196,6 +216,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-in-flight", type=int, help="the gateway's max_in_flight (default: derived)"
     )
+    parser.add_argument(
+        "--honour-retry-after",
+        action="store_true",
+        help="clients wait as a 503's Retry-After says (default: they ask again at once)",
+    )
     return parser
 
 
@@ -222,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 phases = []
                 for connections in args.connections:
                     print(f"{connections} connections for {args.seconds:g} s ...", flush=True)
-                    phases.append(measure(server.port, request, connections, args.seconds))
+                    phases.append(
+                        measure(
+                            server.port, request, connections, args.seconds, args.honour_retry_after
+                        )
+                    )
                     server.check_alive()
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
