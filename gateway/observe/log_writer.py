@@ -261,21 +261,24 @@ class InferenceLogWriter:
             return
         if self._handle is not None and self._clock() - self._opened_at >= self._rotate_seconds:
             self._finish_file()
-        unflushed = 0
+        unflushed: list[str] = []
         for line, size in lines:
             # A file always takes its first line, so one larger record gets a file of its own.
             full = self._file_bytes > 0 and self._file_bytes + size > self._rotate_bytes
             if self._handle is not None and full:
+                self._handle.write("".join(unflushed))
                 self._finish_file()
-                self._written += unflushed
-                unflushed = 0
-            handle = self._handle if self._handle is not None else self._open_next()
-            handle.write(line)
+                self._written += len(unflushed)
+                unflushed = []
+            if self._handle is None:
+                self._open_next()
             self._file_bytes += size
-            unflushed += 1
+            unflushed.append(line)
         if self._handle is not None:
+            # One write of the batch's lines: per line, text I/O costs the GIL far more.
+            self._handle.write("".join(unflushed))
             self._handle.flush()
-        self._written += unflushed
+        self._written += len(unflushed)
 
     def _report_depth(self) -> None:
         if self._on_depth is not None:

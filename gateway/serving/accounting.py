@@ -1,6 +1,8 @@
 """What each outcome leaves behind, exactly once: its metrics and its inference-log records."""
 
 import json
+import math
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -19,6 +21,8 @@ from gateway.serving.prediction import Part
 UNKNOWN = "_unknown"
 NONE = "_none"
 CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
+# Seconds between two reports of the inference log's queue depth from the request path.
+DEPTH_INTERVAL = 0.1
 
 
 class InFlight:
@@ -47,6 +51,7 @@ class Accountant:
         self._metrics = config.metrics.enabled
         secret = config.inference_log.user_key_secret
         self._secret = secret.encode() if secret else None
+        self._depth_reported = -math.inf
 
     def in_flight(self, endpoint: str | None) -> InFlight:
         """Count a request as in flight on its endpoint until it is released."""
@@ -101,7 +106,12 @@ class Accountant:
                 self._record(outcome, part, routing, outcome.status_code, response, message)
             )
         if self._metrics and self._writer is not None:
-            metrics.LOG_QUEUE_DEPTH.set(self._writer.queue_depth())
+            # Live while records pile up behind a stalled writer, which reports the depth itself
+            # after each batch; from here at most every DEPTH_INTERVAL (a shared-memory write).
+            now = time.monotonic()
+            if now - self._depth_reported >= DEPTH_INTERVAL:
+                self._depth_reported = now
+                metrics.LOG_QUEUE_DEPTH.set(self._writer.queue_depth())
 
     def record_shadow(
         self, outcome: Outcome, part: Part | None, body: bytes | None, error: GatewayError | None
