@@ -217,9 +217,10 @@ def test_a_healthy_challenger_is_promoted_through_every_step(
     config, url, name = canary
     registry = Registry(tracking_uri, None)
     challenger_version = registry.model_state(name).aliases["challenger"]
-    # Two-second intervals: enough challenger requests at 5% even on a busy machine.
-    with Load(url, "/invocations", clients=2):
-        status, printed = _rollout(config, url, "run", interval=2.0)
+    # At 5% an interval must see `min_requests` challenger requests even on a busy 2-core machine,
+    # where two clients got 9-18 in 2 s: four clients, 2.5 s intervals, 10 requests to judge.
+    with Load(url, "/invocations", clients=4):
+        status, printed = _rollout(config, url, "run", interval=2.5, min_requests=10)
     assert status == rollout_command.EXIT_OK, printed
     state = registry.model_state(name)
     assert state.aliases["champion"] == challenger_version
