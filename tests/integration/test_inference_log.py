@@ -10,14 +10,16 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
 import pytest
 
-from gateway.core.record import build_record, user_key_hash
+from gateway.core.record import user_key_hash
 from gateway.observe.log_writer import InferenceLogWriter
+from tests import helpers
 from tests.helpers import documented_record_fields, read_records
 from tests.integration.conftest import wait_until
 
@@ -65,30 +67,8 @@ class FlakyFile(io.TextIOWrapper):
 
 
 FIELDS_IN_ORDER = documented_record_fields()
-
-
-def make_record(request_id: str, **overrides: Any) -> dict[str, Any]:
-    arguments: dict[str, Any] = {
-        "request_id": request_id,
-        "timestamp": START,
-        "endpoint": "churn",
-        "model": "churn",
-        "variant": "champion",
-        "model_version": "1",
-        "routing": "random",
-        "split": {"champion": 90, "challenger": 10},
-        "user_key_hash": None,
-        "requester": None,
-        "client_request_id": None,
-        "status_code": 200,
-        "duration_ms": 4.5,
-        "request_body": b'{"dataframe_split": {"columns": ["x"], "data": [[1]]}}',
-        "content_type": "application/json",
-        "response_body": b'{"predictions": [0.5]}',
-        "error": None,
-        "max_payload_bytes": None,
-    }
-    return build_record(**{**arguments, **overrides})
+# A record (tests.helpers.record) written at the writer's clock's start.
+make_record = partial(helpers.record, timestamp=START)
 
 
 @pytest.fixture
