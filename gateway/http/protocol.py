@@ -186,16 +186,8 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
         found = INVOCATIONS.fullmatch(self.url.partition(b"?")[0].decode("latin-1"))
         if found is None:
             return False
-        given: str | None = None
-        length: int | None = None
-        for name, value in self.headers:
-            if name == b"content-length":
-                length = int(value) if value.isdigit() else None
-            elif name == b"transfer-encoding":
-                return False
-            elif name == b"x-request-id":
-                given = value.decode("latin-1")
-        if length is None or length > SKIP_BODY_MAX:
+        given = _skippable(self.headers)
+        if given is None:
             return False
         error = shed(found["name"])
         if error is None:
@@ -256,6 +248,28 @@ class GatewayHTTPProtocol(HttpToolsProtocol):
 
 
 _CLOSING = b"\r\nconnection: close\r\n\r\n"
+
+
+def _skippable(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The request id (or "") of a request whose body the connection may skip, else None.
+
+    That is a body of one Content-Length of at most SKIP_BODY_MAX bytes, not chunked; a
+    repeated or malformed length is left to the app. The request id is the first one given.
+    """
+    given: str | None = None
+    length: int | None = None
+    for name, value in headers:
+        if name == b"content-length":
+            if length is not None or not value.isdigit():
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            return None
+        elif name == b"x-request-id" and given is None:
+            given = value.decode("latin-1")
+    if length is None or length > SKIP_BODY_MAX:
+        return None
+    return given or ""
 
 
 def _too_large(message: str) -> GatewayError:

@@ -213,6 +213,8 @@ class InvocationService:
         """
         if self._max_in_flight is None or self._admitted < self._max_in_flight:
             return None
+        if name is not None and self._config.endpoint(name) is None:
+            return None  # the app answers 404: a client's mistake is never a 503
         error = too_many_in_flight(self._max_in_flight)
         self._accountant.count_refusal(name, error)
         return error

@@ -546,3 +546,27 @@ def test_client_errors_and_forced_variants_never_fall_back(
     assert (outcome.status_code, outcome.attempt) == (status, None)
     (record,) = writer.records()
     assert (record["variant"], record["status_code"]) == ("challenger", status)
+
+
+def test_a_request_arriving_at_a_full_worker_is_refused_on_arrival_without_a_record() -> None:
+    executor = ManualExecutor()
+    service, writer = make_service(executor, max_in_flight=2)
+
+    async def main() -> list[ShedError | None]:
+        held = [asyncio.create_task(service.invoke(invocation("solo", body(n)))) for n in (1, 2)]
+        await settle()
+        arrivals = [service.refuse_on_arrival(name) for name in ("churn", None, "nope")]
+        complete(executor, 0)
+        await held[0]
+        arrivals.append(service.refuse_on_arrival("churn"))  # one slot free again
+        complete(executor, 1)
+        await held[1]
+        return arrivals
+
+    churn, plain, unknown, after = asyncio.run(main())
+    assert churn is not None
+    shed_check(Outcome(invocation("churn", b""), None, None, (), None, churn, 0.0), "in_flight")
+    assert plain is not None  # plain /invocations: the first endpoint's
+    assert unknown is None  # the app answers 404 for an endpoint that does not exist
+    assert after is None
+    assert [r["status_code"] for r in writer.records()] == [200, 200]  # no record of a refusal
