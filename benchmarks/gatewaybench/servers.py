@@ -59,6 +59,9 @@ class RunningServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
+                # `python -m` puts the working directory first on sys.path, before PYTHONPATH: a
+                # server of another checkout must start in that checkout, or it runs this one.
+                cwd=spec.source,
                 start_new_session=True,
             )
 
