@@ -66,21 +66,35 @@ class Accountant:
         if outcome.attempt is not None:
             self._count_attempt(outcome.attempt)
             self._log(outcome.attempt)
-        if self._metrics:
-            label = self._label(outcome.invocation.endpoint)
-            for part in outcome.parts or (None,):
-                _count(label, part, outcome.status_code, outcome.duration)
-            if isinstance(outcome.error, ShedError):
-                metrics.SHED.labels(label, outcome.error.reason).inc()
+        self._count(
+            outcome.invocation.endpoint,
+            outcome.parts,
+            outcome.status_code,
+            outcome.duration,
+            outcome.error,
+        )
         self._log(outcome)
 
     def count_refusal(self, endpoint: str | None, error: GatewayError) -> None:
         """Count a request refused before it was read: no variant, no record (see `record`)."""
-        if self._metrics:
-            label = self._label(endpoint)
-            _count(label, None, error.status_code, 0.0)
-            if isinstance(error, ShedError):
-                metrics.SHED.labels(label, error.reason).inc()
+        self._count(endpoint, (), error.status_code, 0.0, error)
+
+    def _count(
+        self,
+        endpoint: str | None,
+        parts: tuple[Part, ...],
+        status: int,
+        duration: float,
+        error: GatewayError | None,
+    ) -> None:
+        """The metrics of one request: once for each variant with a part in it, and its shedding."""
+        if not self._metrics:
+            return
+        label = self._label(endpoint)
+        for part in parts or (None,):
+            _count(label, part, status, duration)
+        if isinstance(error, ShedError):
+            metrics.SHED.labels(label, error.reason).inc()
 
     def _count_attempt(self, attempt: Outcome) -> None:
         if not self._metrics or attempt.decision is None or attempt.decision.variant is None:

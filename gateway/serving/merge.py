@@ -134,10 +134,7 @@ class _Batch:
             return [self.alone(inputs[0], queued[0])]
         first = inputs[0]
         sizes = [model_input.row_count for model_input in inputs]
-        if first.rows is not None and first.plan is not None:
-            data = model_data(self.model, inputs)
-        else:
-            data = pd.concat([item.data for item in inputs], ignore_index=True)
+        data = model_data(self.model, inputs)
         total = sum(sizes)
         self._observe(total)
         try:

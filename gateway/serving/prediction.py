@@ -211,14 +211,16 @@ def goes_direct(model: LoadedModel, plan: Any, params: dict[str, Any] | None) ->
 
 
 def model_data(model: LoadedModel, inputs: Sequence[payload.ModelInput]) -> Any:
-    """What `predict_raw` takes for the rows of these inputs (one, or several planned alike).
+    """What `predict_raw` takes for the rows of these inputs (one, or several merged alike).
 
-    Planned rows are built as one array for a model predicted directly, else as one frame; the
-    input of a request without a plan is its data as parsed.
+    Planned rows are built as one array for a model predicted directly, else as one frame;
+    inputs without a plan are their data as parsed (several frames concatenated).
     """
     first = inputs[0]
     if first.rows is None or first.plan is None:
-        return first.data
+        if len(inputs) == 1:
+            return first.data
+        return pd.concat([item.data for item in inputs], ignore_index=True)
     parts = [item.rows for item in inputs if item.rows is not None]
     if goes_direct(model, first.plan, first.params):
         return first.plan.array(parts)
