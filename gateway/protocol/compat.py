@@ -1,16 +1,20 @@
-"""Every private MLflow and pandas hook the gateway relies on, in one place, each behind a function.
+"""Every private MLflow, pandas and scikit-learn hook the gateway relies on, in one place, each
+behind a function.
 
 The gateway answers byte for byte like `mlflow models serve` because it calls the scoring server's
 own parsing, schema enforcement and encoding. Several of those functions are private, and so are
 the two pandas constructors the fast frame path uses. Each is reached only through this module,
-and `tests/unit/test_compat.py` has one test per hook, so an MLflow or pandas release that moves
+and `tests/unit/test_compat.py` has one test per hook, so a release that moves
 one fails loudly there, naming it, instead of somewhere down the request path.
 """
 
 import copy
+import threading
+from collections.abc import Callable
 from io import StringIO
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.models.utils import _enforce_schema
@@ -29,6 +33,7 @@ __all__ = [
     "parse_json_document",
     "parse_parquet",
     "signature_from_type_hints",
+    "sklearn_forest_in_turn",
     "sklearn_predict_method",
     "without_input_enforcement",
 ]
@@ -137,3 +142,55 @@ def sklearn_predict_method(pyfunc: Any) -> tuple[Any, str] | None:
     if owner is estimator:
         return estimator, method.__name__
     return None
+
+
+def sklearn_forest_in_turn(forest: Any) -> tuple[str, Callable[[Any], Any]] | None:
+    """For a scikit-learn forest that predicts on one thread, the name of the method that averages
+    its trees (`predict_proba` for a classifier, `predict` for a regressor) and that average
+    computed tree after tree in the forest's own order; None for any other estimator.
+
+    With `n_jobs` unset, scikit-learn's forest already predicts its trees one after the other, in
+    order, but through joblib's `Parallel` and scikit-learn's `delayed` wrapper, which replays the
+    caller's configuration and ~15 warning filters for every tree: ~1.1 ms of a 1.5 ms
+    `predict_proba` of one row by 15 trees. This calls the same private pieces the forest's
+    method does (`_validate_X_predict`, then `_accumulate_prediction` for each tree) in the same
+    order, so the sum, and so each float, is the same. A classifier's `predict`,
+    `predict_log_proba` and the others call `self.predict_proba`, so they follow.
+    """
+    from sklearn.ensemble import _forest
+
+    if getattr(forest, "n_jobs", 0) not in (None, 1) or getattr(forest, "verbose", 1) != 0:
+        return None
+    cls = type(forest)
+    if isinstance(forest, _forest.ForestClassifier):
+        name, original = "predict_proba", _forest.ForestClassifier.predict_proba
+    elif isinstance(forest, _forest.ForestRegressor):
+        name, original = "predict", _forest.ForestRegressor.predict
+    else:
+        return None
+    trees = list(getattr(forest, "estimators_", ()))
+    if (
+        getattr(cls, name) is not original
+        or not trees
+        or not all(type(tree).__module__.startswith("sklearn.tree.") for tree in trees)
+    ):
+        return None
+    accumulate = _forest._accumulate_prediction
+    outputs = getattr(forest, "n_outputs_", 1)
+    classes = np.atleast_1d(getattr(forest, "n_classes_", 1))
+
+    def averaged(data: Any) -> Any:
+        rows = forest._validate_X_predict(data)
+        if name == "predict_proba":
+            out = [np.zeros((rows.shape[0], count), dtype=np.float64) for count in classes]
+        else:
+            shape = (rows.shape[0], outputs) if outputs > 1 else (rows.shape[0],)
+            out = [np.zeros(shape, dtype=np.float64)]
+        lock = threading.Lock()
+        for tree in trees:
+            accumulate(getattr(tree, name), rows, out, lock)
+        for total in out:
+            total /= len(trees)
+        return out[0] if len(out) == 1 or name == "predict" else out
+
+    return name, averaged

@@ -1,4 +1,5 @@
-"""One test per private MLflow or pandas hook in gateway.protocol.compat: a release that moves one fails here."""
+"""One test per private MLflow, pandas or scikit-learn hook in gateway.protocol.compat: a release that
+moves one fails here."""
 
 from io import BytesIO, StringIO
 from pathlib import Path
@@ -134,3 +135,38 @@ def test_sklearn_predict_method_finds_the_estimator_and_its_method(
 def test_sklearn_predict_method_is_none_for_other_models() -> None:
     pyfunc = PyFuncModel(model_meta=_metadata(), model_impl=_Echo())
     assert compat.sklearn_predict_method(pyfunc) is None
+
+
+def test_sklearn_forest_in_turn_averages_the_trees_as_the_forest_does() -> None:
+    from sklearn.ensemble import (
+        ExtraTreesRegressor,
+        RandomForestClassifier,
+        RandomForestRegressor,
+    )
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(200, 4))
+    labels = (rows[:, 0] + rows[:, 1] > 0).astype(int)
+    targets = np.stack([rows[:, 0] * 2, rows[:, 2]], axis=1)
+    fitted = [
+        (RandomForestClassifier(n_estimators=9, random_state=0).fit(rows, labels), "predict_proba"),
+        (RandomForestRegressor(n_estimators=9, random_state=0).fit(rows, targets[:, 0]), "predict"),
+        (ExtraTreesRegressor(n_estimators=9, random_state=0).fit(rows, targets), "predict"),
+    ]
+    for forest, method in fitted:
+        found = compat.sklearn_forest_in_turn(forest)
+        assert found is not None
+        assert found[0] == method
+        sample = rng.normal(size=(17, 4))
+        np.testing.assert_array_equal(found[1](sample), getattr(forest, method)(sample))
+
+    threaded = RandomForestClassifier(n_estimators=3, n_jobs=2).fit(rows, labels)
+    assert compat.sklearn_forest_in_turn(threaded) is None
+    assert compat.sklearn_forest_in_turn(LogisticRegression().fit(rows, labels)) is None
+
+    class Tempered(RandomForestClassifier):  # type: ignore[misc]
+        def predict_proba(self, X: Any) -> Any:  # noqa: N803 (scikit-learn's name)
+            return super().predict_proba(X) ** 2
+
+    assert compat.sklearn_forest_in_turn(Tempered(n_estimators=3).fit(rows, labels)) is None

@@ -14,9 +14,11 @@ import pytest
 from mlflow.models import infer_signature
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import (
+    ExtraTreesClassifier,
     GradientBoostingClassifier,
     HistGradientBoostingRegressor,
     RandomForestClassifier,
+    RandomForestRegressor,
     VotingClassifier,
 )
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -88,6 +90,12 @@ DIRECT_MODELS = {
     "logistic-proba": (LogisticRegression(max_iter=500), "predict_proba"),
     "forest": (RandomForestClassifier(n_estimators=7, random_state=1), "predict"),
     "forest-proba": (RandomForestClassifier(n_estimators=7, random_state=1), "predict_proba"),
+    "extra-trees-proba": (ExtraTreesClassifier(n_estimators=7, random_state=1), "predict_proba"),
+    "forest-regressor": (RandomForestRegressor(n_estimators=7, random_state=1), "predict"),
+    "threaded-forest": (
+        RandomForestClassifier(n_estimators=7, random_state=1, n_jobs=2),
+        "predict_proba",
+    ),
     "boosting": (GradientBoostingClassifier(n_estimators=10, random_state=1), "predict_proba"),
     "hist-boosting": (HistGradientBoostingRegressor(max_iter=10), "predict"),
     "linear": (LinearRegression(), "predict"),
@@ -143,6 +151,29 @@ def test_a_merged_batch_goes_direct_with_the_same_predictions(
     raw, _, _ = predict_raw(model, model_data(model, inputs), None, inputs[0].plan)
     expected = np.concatenate([_mlflow_answer(model, d) for d in documents])
     np.testing.assert_array_equal(raw, expected)
+
+
+@pytest.mark.parametrize(
+    "name", ["forest", "forest-proba", "extra-trees-proba", "forest-regressor"]
+)
+def test_a_forest_on_one_thread_predicts_without_joblib(
+    direct_models: dict[str, LoadedModel], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = direct_models[name]
+    document = _document(random.Random(name), 6, ["age", "income", "calls"])
+    expected = _mlflow_answer(model, document)
+
+    def no_parallel(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("joblib.Parallel was called")
+
+    monkeypatch.setattr("joblib.Parallel.__call__", no_parallel)
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    raw, _, _ = predict_raw(model, model_data(model, [parsed]), None, parsed.plan)
+    np.testing.assert_array_equal(raw, expected)
+    with pytest.raises(AssertionError, match=r"joblib\.Parallel"):
+        _mlflow_answer(model, document)  # the forest's own method goes through joblib
 
 
 def test_a_request_with_params_goes_through_mlflow(direct_models: dict[str, LoadedModel]) -> None:
