@@ -124,6 +124,7 @@ class _Routes:
 
     async def metrics(self, request: Request) -> Response:
         self._authorize_read(request)
+        metrics.flush()  # this worker's latest counts (on the loop, where they are made)
         # With several workers this reads every worker's files: off the event loop.
         body, content_type = await asyncio.to_thread(
             metrics.exposition, request.headers.get("accept")

@@ -1,8 +1,6 @@
 """What each outcome leaves behind, exactly once: its metrics and its inference-log records."""
 
 import json
-import math
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -21,24 +19,22 @@ from gateway.serving.prediction import Part
 UNKNOWN = "_unknown"
 NONE = "_none"
 CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
-# Seconds between two reports of the inference log's queue depth from the request path.
-DEPTH_INTERVAL = 0.1
 
 
 class InFlight:
     """One request counted in the in-flight gauge until `release()`."""
 
-    __slots__ = ("_gauge",)
+    __slots__ = ("_level",)
 
-    def __init__(self, gauge: Any) -> None:
-        self._gauge = gauge
-        if gauge is not None:
-            gauge.inc()
+    def __init__(self, level: metrics.Level | None) -> None:
+        self._level = level
+        if level is not None:
+            level.add(1)
 
     def release(self) -> None:
         """The request is answered."""
-        if self._gauge is not None:
-            self._gauge.dec()
+        if self._level is not None:
+            self._level.add(-1)
 
 
 class Accountant:
@@ -51,7 +47,6 @@ class Accountant:
         self._metrics = config.metrics.enabled
         secret = config.inference_log.user_key_secret
         self._secret = secret.encode() if secret else None
-        self._depth_reported = -math.inf
 
     def in_flight(self, endpoint: str | None) -> InFlight:
         """Count a request as in flight on its endpoint until it is released."""
@@ -119,13 +114,6 @@ class Accountant:
             self._submit(
                 self._record(outcome, part, routing, outcome.status_code, response, message)
             )
-        if self._metrics and self._writer is not None:
-            # Live while records pile up behind a stalled writer, which reports the depth itself
-            # after each batch; from here at most every DEPTH_INTERVAL (a shared-memory write).
-            now = time.monotonic()
-            if now - self._depth_reported >= DEPTH_INTERVAL:
-                self._depth_reported = now
-                metrics.LOG_QUEUE_DEPTH.set(self._writer.queue_depth())
 
     def record_shadow(
         self, outcome: Outcome, part: Part | None, body: bytes | None, error: GatewayError | None

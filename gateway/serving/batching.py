@@ -77,7 +77,7 @@ class Batcher:
         self.variant = variant
         self.model = model
         # (endpoint, variant) for the queue-depth and batch-size metrics; None: not counted.
-        self._queue_gauge = metrics.BATCH_QUEUE.labels(*labels) if labels else None
+        self._queue_gauge = metrics.level(metrics.BATCH_QUEUE, *labels) if labels else None
         self._observe_rows = metrics.BATCH_ROWS.labels(*labels).observe if labels else None
         self._executor = executor
         self._max_size = settings.max_batch_size
@@ -105,7 +105,7 @@ class Batcher:
         waiting = _Waiting(queued, loop.create_future())
         self._waiting.append(waiting)
         if self._queue_gauge is not None:
-            self._queue_gauge.inc()
+            self._queue_gauge.add(1)
         if not self._running:
             self._running = True
             loop.call_soon(self._next, loop)
@@ -144,7 +144,7 @@ class Batcher:
     def _predict_inline(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         """Predict a lone request on the loop, learn from the time it took, and answer it."""
         if self._queue_gauge is not None:
-            self._queue_gauge.dec()
+            self._queue_gauge.add(-1)
         started = self._clock()
         try:
             results = predict_batch(
@@ -172,7 +172,7 @@ class Batcher:
 
     def _submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         if self._queue_gauge is not None:
-            self._queue_gauge.dec(len(batch))
+            self._queue_gauge.add(-len(batch))
         if self._max_queue is not None:
             batch = self._shed_late(loop.time() - self._max_queue, batch)
             if not batch:
@@ -216,7 +216,7 @@ class Batcher:
                 assert self._max_queue is not None
                 waiting.future.set_exception(waited_too_long(self._max_queue))
         if stale and self._queue_gauge is not None:
-            self._queue_gauge.dec(stale)
+            self._queue_gauge.add(-stale)
 
     def _shed_late(self, queued_by: float, batch: list[_Waiting]) -> list[_Waiting]:
         """Answer the requests queued before `queued_by` with a 503; the others go on."""

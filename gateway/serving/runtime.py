@@ -53,6 +53,7 @@ class Runtime:
     tracer: Tracer | None = None
     _loading: "asyncio.Task[None] | None" = field(default=None, init=False)
     _following_tokens: "asyncio.Task[None] | None" = field(default=None, init=False)
+    _flushing: "asyncio.Task[None] | None" = field(default=None, init=False)
 
     async def start(self) -> None:
         """Start the log writer and the token reloads; load the models in the background."""
@@ -61,6 +62,8 @@ class Runtime:
         if self.auth is not None:
             self._following_tokens = asyncio.create_task(self.auth.follow())
         self._loading = asyncio.create_task(self._keep_models())
+        if self.config.metrics.enabled:
+            self._flushing = asyncio.create_task(self._flush_metrics())
 
     async def stop(self) -> None:
         """Stop following the registry, finish shadow copies, then flush every record."""
@@ -72,10 +75,22 @@ class Runtime:
         await self.shadow.drain(grace_seconds=10.0)
         self.shadow_executor.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True, cancel_futures=False)
+        if self._flushing is not None:
+            self._flushing.cancel()
+            metrics.flush()  # every answered request counted, before the worker's files are final
         if self.tracer is not None:
             await asyncio.to_thread(self.tracer.close)
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
+
+    async def _flush_metrics(self) -> None:
+        """Write the request path's metric updates every FLUSH_SECONDS, and the log's backlog
+        (live while records pile up behind a stalled writer, which reports it after each batch)."""
+        while True:
+            await asyncio.sleep(metrics.FLUSH_SECONDS)
+            if self.writer is not None:
+                metrics.LOG_QUEUE_DEPTH.set(self.writer.queue_depth())
+            metrics.flush()
 
     async def _keep_models(self) -> None:
         """Load every model, then follow the registry: each endpoint refreshed on its own interval."""

@@ -92,7 +92,12 @@ def test_two_workers_log_every_request_once_and_count_it_exactly(
                 None if response.status_code == 415 else routing,
             )
             expected[(variant or "_none", version or "_none", str(response.status_code))] += 1
-        assert requests_by(scrape(url)) == expected
+        # The scrape's worker counts its own requests at once; the other's within FLUSH_SECONDS.
+        wait_until(
+            lambda: requests_by(scrape(url)) == expected,
+            "both workers' counts",
+            deadline=metrics.FLUSH_SECONDS * 20,
+        )
         assert {status for _, _, status in expected} == {"200", "400", "415"}
         assert {variant for variant, _, _ in expected} >= {"champion", "challenger"}
     finally:
