@@ -3,10 +3,10 @@
 import json
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 from gateway.core.config import GatewayConfig
-from gateway.core.errors import GatewayError, ShedError
+from gateway.core.errors import GatewayError, ShedError, ShedReason
 from gateway.core.record import build_record, should_sample, user_key_hash
 from gateway.core.routing import Routing
 from gateway.observe import metrics
@@ -19,6 +19,8 @@ from gateway.serving.prediction import Part
 UNKNOWN = "_unknown"
 NONE = "_none"
 CLIENT_REQUEST_ID_HEADER = "x-client-request-id"
+# What a failed attempt that falls back answers: a model's error, its worker's 503, a timeout.
+FALLBACK_STATUSES = ("500", "503", "504")
 
 
 class InFlight:
@@ -47,6 +49,8 @@ class Accountant:
         self._metrics = config.metrics.enabled
         secret = config.inference_log.user_key_secret
         self._secret = secret.encode() if secret else None
+        if self._metrics:
+            _export_zeros(config)
 
     def in_flight(self, endpoint: str | None) -> InFlight:
         """Count a request as in flight on its endpoint until it is released."""
@@ -180,6 +184,20 @@ class Accountant:
         if endpoint is None:
             return self._config.endpoints[0].name
         return endpoint if self._config.endpoint(endpoint) is not None else UNKNOWN
+
+
+def _export_zeros(config: GatewayConfig) -> None:
+    """Export the shedding and fallback counters at 0 from the start: Prometheus sees no increase
+    in a counter series that first appears at 1, so an alert on increase() would miss the first."""
+    for endpoint in config.endpoints:
+        for reason in get_args(ShedReason):
+            metrics.SHED.labels(endpoint.name, reason)
+        if endpoint.fallback is None:
+            continue
+        for variant in endpoint.variants:
+            if variant.variant_name != endpoint.fallback:
+                for status in FALLBACK_STATUSES:
+                    metrics.FALLBACK.labels(endpoint.name, variant.variant_name, status)
 
 
 def _count(label: str, part: Part | None, status: int, duration: float) -> None:

@@ -59,7 +59,7 @@ JOB = "mlflow-gateway"
 TARGET_LABELS = {"namespace": "gateway-test", "pod": "mlflow-gateway-0"}
 # Grafana's $__rate_interval: long enough to hold every request this module sends.
 RATE_WINDOW = "5m"
-OBSERVED, CANARY = "prom-observed", "prom-canary"
+OBSERVED, CANARY, FALLBACK = "prom-observed", "prom-canary", "prom-fallback"
 NO_VARIANT = "_none"
 # Loading models in two workers on a small machine that others share: a generous deadline.
 LOAD_DEADLINE = 180.0
@@ -146,19 +146,23 @@ def served(
 
     OBSERVED: a healthy champion, a challenger failing a third of its customers, and a shadow
     that disagrees with the champion, batched. CANARY: a champion and a failing challenger, all
-    traffic on the champion, for `rollout run`.
+    traffic on the champion, for `rollout run`. FALLBACK: a champion that answers for a
+    challenger whose backend is down (`fallback`).
     """
     models.register(OBSERVED, "champion", models.ConstantModel(0), tracking_uri)
     models.register(OBSERVED, "challenger", models.FlakyModel(), tracking_uri)
     models.register(OBSERVED, "candidate", models.ConstantModel(1), tracking_uri)
     models.register(CANARY, "champion", models.ConstantModel(0), tracking_uri)
     models.register(CANARY, "challenger", models.FlakyModel(), tracking_uri)
+    models.register(FALLBACK, "champion", models.ConstantModel(0), tracking_uri)
+    models.register(FALLBACK, "challenger", models.BackendDownModel(), tracking_uri)
     base = tmp_path_factory.mktemp("prometheus-gateway")
     batching = {"max_batch_size": 8, "max_wait_ms": 2}
     config = make_config(
         [
             _endpoint(OBSERVED, (50, 50), shadow=["candidate"], batching=batching),
             _endpoint(CANARY, (100, 0)),
+            _endpoint(FALLBACK, (50, 50), fallback="champion"),
         ],
         inference_log={"dir": str(base / "logs")},
     )
@@ -341,6 +345,11 @@ QUIET_PANELS = {
     "Model load failures": "no model version fails to load",
     "Inference-log records dropped": "the inference log keeps up",
     "Shadow copies dropped and failed": "no shadow copy is dropped, and the shadow never fails",
+    "Requests shed by reason": "no worker is overloaded",
+}
+# Panels that a test of their own checks, with the traffic that fills them.
+PANELS_TESTED_ELSEWHERE = {
+    "Fallbacks by failing variant": "test_a_variant_that_its_fallback_answers_for_raises_alerts",
 }
 # The endpoint variable as Grafana sends it: All (its allValue), one value, two values.
 ENDPOINT_CHOICES = (".*", OBSERVED, f"({OBSERVED}|{CANARY})")
@@ -363,6 +372,8 @@ def _as_grafana_sends(expression: str, endpoint: str) -> str:
 def test_dashboard_query_runs_and_finds_series(
     prometheus: Prometheus, traffic: Counter[tuple[str, str]], title: str, expression: str
 ) -> None:
+    if title in PANELS_TESTED_ELSEWHERE:
+        return
     for endpoint in ENDPOINT_CHOICES:
         found = prometheus.query(_as_grafana_sends(expression, endpoint))
         if title in QUIET_PANELS:
@@ -491,6 +502,36 @@ def test_the_failing_challenger_and_the_disagreeing_shadow_raise_their_alerts(
         lambda: pending("GatewayShadowDisagreement", OBSERVED, "candidate"),
         "the shadow alert",
     )
+
+
+def test_a_variant_that_its_fallback_answers_for_raises_alerts(
+    served: Served, prometheus: Prometheus
+) -> None:
+    url = f"{served.url}/endpoints/{FALLBACK}/invocations"
+    for n in range(160):
+        response = httpx.post(url, json=split_payload([[n, 50.0, 1, "basic"]]), timeout=TIMEOUT)
+        # The clients see no error: the champion answers for the challenger.
+        assert response.status_code == 200, response.text
+        assert response.headers["x-gateway-variant"] == "champion"
+
+    def firing(name: str) -> bool:
+        return bool(
+            {(FALLBACK, "", "pending"), (FALLBACK, "", "firing")} & _alerts(prometheus, name)
+        )
+
+    wait_until(lambda: firing("GatewayFallbackAnswering"), "the fallback alert")
+    # The challenger failed every attempt, none of which gateway_requests_total counts under it.
+    wait_until(
+        lambda: firing("GatewayChallengerErrorRateAboveChampion"),
+        "the challenger alert, from the fallback's counts",
+    )
+    (expression,) = [
+        expr for title, expr in _dashboard_targets() if title == "Fallbacks by failing variant"
+    ]
+    found = prometheus.query(_as_grafana_sends(expression, FALLBACK))
+    assert {series["metric"]["variant"] for series in found if float(series["value"][1]) > 0} == {
+        "challenger"
+    }
 
 
 # --- the canary judged from Prometheus -------------------------------------------------------
