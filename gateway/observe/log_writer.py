@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Final
 
+import orjson
+
 logger = logging.getLogger(__name__)
 
 DROP_QUEUE_FULL: Final = "queue_full"
@@ -58,6 +60,23 @@ _IDLE_REPORT_SECONDS: Final = 1.0
 def _open_new(path: Path) -> IO[str]:
     # "x": fail rather than append to a file that another writer made.
     return open(path, "x", encoding="utf-8", newline="\n")
+
+
+def _json_line(record: dict[str, Any]) -> tuple[str, int]:
+    """A record as one line of compact JSON, UTF-8 as is, and its size in bytes.
+
+    orjson encodes a record in ~1 us where the standard library takes ~10 us, on the writer's
+    thread, which shares the GIL with the request path. It refuses what UTF-8 cannot hold (a
+    lone surrogate: a body's "\\ud800" decoded, quoted back in an error) and integers past 64
+    bits: those records are written escaped by the standard library, which JSON reads back to
+    the same values.
+    """
+    try:
+        data = orjson.dumps(record, default=str)
+    except (orjson.JSONEncodeError, TypeError):
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        return line, len(line)
+    return data.decode("utf-8") + "\n", len(data) + 1
 
 
 class InferenceLogWriter:
@@ -237,15 +256,7 @@ class InferenceLogWriter:
         for item in batch:
             try:
                 record = item() if callable(item) else item
-                line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
-                try:
-                    size = len(line.encode("utf-8"))
-                except UnicodeEncodeError:
-                    # A lone surrogate (a body's "\ud800" decoded, quoted back in an error):
-                    # stored escaped, which JSON reads back to the same string.
-                    line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
-                    size = len(line)
-                lines.append((line + "\n", size + 1))
+                lines.append(_json_line(record))
             except Exception as exc:  # one record that cannot be encoded must not cost the others
                 self._drop(DROP_WRITE_ERROR, 1, exc)
         written_before = self._written

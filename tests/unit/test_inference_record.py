@@ -1,13 +1,14 @@
 import base64
 import hashlib
 import json
+import random
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from gateway.core.record import build_record, should_sample, user_key_hash
+from gateway.core.record import build_record, iso_millis, should_sample, user_key_hash
 from gateway.core.routing import Routing
 from tests.helpers import documented_record_fields
 
@@ -240,3 +241,17 @@ def test_a_higher_rate_keeps_every_request_a_lower_rate_kept() -> None:
     low = {request_id for request_id in REQUEST_IDS if should_sample(request_id, 0.1)}
     high = {request_id for request_id in REQUEST_IDS if should_sample(request_id, 0.4)}
     assert low <= high
+
+
+def test_record_timestamps_are_what_datetime_writes() -> None:
+    rng = random.Random(11)
+    stamps = [0.0, 1.0, 0.9995, 0.0005, 1_764_563_777.9999996, 1_764_563_777.0004999]
+    stamps += [rng.uniform(0, 4e9) for _ in range(20_000)]
+    stamps += [round(rng.uniform(1.7e9, 1.8e9), 3) for _ in range(20_000)]
+    for stamp in stamps:
+        expected = (
+            datetime.fromtimestamp(stamp, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+        assert iso_millis(stamp) == expected, stamp
