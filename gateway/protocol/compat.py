@@ -3,9 +3,10 @@ behind a function.
 
 The gateway answers byte for byte like `mlflow models serve` because it calls the scoring server's
 own parsing, schema enforcement and encoding. Several of those functions are private, and so are
-the two pandas constructors the fast frame path uses. Each is reached only through this module,
-and `tests/unit/test_compat.py` has one test per hook, so a release that moves
-one fails loudly there, naming it, instead of somewhere down the request path.
+the two pandas constructors the fast frame path uses and the pieces of a scikit-learn forest's
+predict that the direct path calls. Each is reached only through this module, and
+`tests/unit/test_compat.py` has one test per hook, so a release that moves one fails loudly
+there, naming it, instead of somewhere down the request path.
 """
 
 import copy
