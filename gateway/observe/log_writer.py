@@ -73,7 +73,7 @@ def _json_line(record: dict[str, Any]) -> tuple[str, int]:
     """
     try:
         data = orjson.dumps(record, default=str)
-    except (orjson.JSONEncodeError, TypeError):
+    except orjson.JSONEncodeError:
         line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
         return line, len(line)
     return data.decode("utf-8") + "\n", len(data) + 1

@@ -192,6 +192,6 @@ def sklearn_forest_in_turn(forest: Any) -> tuple[str, Callable[[Any], Any]] | No
             accumulate(getattr(tree, name), rows, out, lock)
         for total in out:
             total /= len(trees)
-        return out[0] if len(out) == 1 or name == "predict" else out
+        return out[0] if len(out) == 1 else out
 
     return name, averaged

@@ -390,18 +390,21 @@ def test_the_writer_survives_a_record_that_cannot_be_encoded(
     assert all_request_ids(tmp_path) == ["before", "after"]
 
 
-def test_a_record_holding_a_lone_surrogate_is_written_and_reads_back_the_same(
+def test_records_that_orjson_refuses_are_written_and_read_back_the_same(
     tmp_path: Path, writers: list[InferenceLogWriter]
 ) -> None:
     # What a body of {"inputs": "\\ud800"} leaves when an error quotes the decoded value.
     drops: list[tuple[str, int]] = []
     writer = started(writers, tmp_path, on_drop=lambda reason, count: drops.append((reason, count)))
     writer.submit(make_record("surrogate", error="Invalid input: '\ud800'"))
+    # orjson refuses both of these; they are written by the standard library instead.
+    writer.submit({**make_record("huge"), "duration_ms": 2**70})
     writer.close()
 
     assert drops == []
-    (record,) = read_records(tmp_path)
-    assert record["error"] == "Invalid input: '\ud800'"
+    surrogate, huge = read_records(tmp_path)
+    assert surrogate["error"] == "Invalid input: '\ud800'"
+    assert huge["duration_ms"] == 2**70
 
 
 def test_a_removed_directory_is_made_again_for_the_next_file(

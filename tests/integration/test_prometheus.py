@@ -514,15 +514,15 @@ def test_a_variant_that_its_fallback_answers_for_raises_alerts(
         assert response.status_code == 200, response.text
         assert response.headers["x-gateway-variant"] == "champion"
 
-    def firing(name: str) -> bool:
+    def raised(name: str) -> bool:
         return bool(
             {(FALLBACK, "", "pending"), (FALLBACK, "", "firing")} & _alerts(prometheus, name)
         )
 
-    wait_until(lambda: firing("GatewayFallbackAnswering"), "the fallback alert")
+    wait_until(lambda: raised("GatewayFallbackAnswering"), "the fallback alert")
     # The challenger failed every attempt, none of which gateway_requests_total counts under it.
     wait_until(
-        lambda: firing("GatewayChallengerErrorRateAboveChampion"),
+        lambda: raised("GatewayChallengerErrorRateAboveChampion"),
         "the challenger alert, from the fallback's counts",
     )
     (expression,) = [
