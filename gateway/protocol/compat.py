@@ -3,8 +3,9 @@ behind a function.
 
 The gateway answers byte for byte like `mlflow models serve` because it calls the scoring server's
 own parsing, schema enforcement and encoding. Several of those functions are private, and so are
-the two pandas constructors the fast frame path uses and the pieces of a scikit-learn forest's
-predict that the direct path calls. Each is reached only through this module, and
+the two pandas constructors the fast frame path uses, and the pieces of scikit-learn (a forest's
+predict, a ColumnTransformer's column selection, an estimator's output container) that the direct
+path calls or reads. Each is reached only through this module, and
 `tests/unit/test_compat.py` has one test per hook, so a release that moves one fails loudly
 there, naming it, instead of somewhere down the request path.
 """
@@ -34,8 +35,10 @@ __all__ = [
     "parse_json_document",
     "parse_parquet",
     "signature_from_type_hints",
+    "sklearn_column_indices",
     "sklearn_forest_in_turn",
     "sklearn_predict_method",
+    "sklearn_transform_output",
     "without_input_enforcement",
 ]
 
@@ -195,3 +198,24 @@ def sklearn_forest_in_turn(forest: Any) -> tuple[str, Callable[[Any], Any]] | No
         return out[0] if len(out) == 1 else out
 
     return name, averaged
+
+
+def sklearn_column_indices(column_transformer: Any) -> dict[str, list[int]] | None:
+    """A fitted ColumnTransformer's columns for each of its transformers (the remainder
+    included), as positions in its `feature_names_in_`; None if it does not keep them.
+
+    That map (`_transformer_to_input_indices`) is what the ColumnTransformer's own `transform`
+    selects a DataFrame's columns by, when it was fitted on one.
+    """
+    indices = getattr(column_transformer, "_transformer_to_input_indices", None)
+    if not isinstance(indices, dict):
+        return None
+    return {str(name): [int(i) for i in chosen] for name, chosen in indices.items()}
+
+
+def sklearn_transform_output(estimator: Any) -> str:
+    """The container an estimator's `transform` returns dense output in: "default" (a numpy
+    array), or "pandas"/"polars" set by `set_output` or by scikit-learn's global configuration."""
+    from sklearn.utils._set_output import _get_output_config
+
+    return str(_get_output_config("transform", estimator)["dense"])

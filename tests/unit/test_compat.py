@@ -170,3 +170,31 @@ def test_sklearn_forest_in_turn_averages_the_trees_as_the_forest_does() -> None:
             return super().predict_proba(X) ** 2
 
     assert compat.sklearn_forest_in_turn(Tempered(n_estimators=3).fit(rows, labels)) is None
+
+
+def test_sklearn_column_indices_are_where_each_transformer_reads_its_columns() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pd.DataFrame({"a": [1.0, 2.0], "kind": ["x", "y"], "b": [3.0, 4.0], "c": [0, 1]})
+    transformer = ColumnTransformer(
+        [("numbers", StandardScaler(), ["b", "a"]), ("kind", OneHotEncoder(), ["kind"])]
+    ).fit(frame)
+    assert compat.sklearn_column_indices(transformer) == {
+        "numbers": [2, 0],
+        "kind": [1],
+        "remainder": [3],
+    }
+    assert compat.sklearn_column_indices(StandardScaler()) is None
+
+
+def test_sklearn_transform_output_follows_set_output_and_the_global_setting() -> None:
+    import sklearn
+    from sklearn.preprocessing import StandardScaler
+
+    assert compat.sklearn_transform_output(StandardScaler()) == "default"
+    assert compat.sklearn_transform_output(StandardScaler().set_output(transform="pandas")) == (
+        "pandas"
+    )
+    with sklearn.config_context(transform_output="pandas"):
+        assert compat.sklearn_transform_output(StandardScaler()) == "pandas"
