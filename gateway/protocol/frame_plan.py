@@ -82,28 +82,23 @@ class FramePlan:
 
     def build(self, parts: Sequence[PlannedRows]) -> pd.DataFrame:
         """One frame of every part's rows, in order: several requests' rows predicted as one."""
+        return compat.frame_from_arrays(
+            self.columns(parts), self.index, sum(part.length for part in parts)
+        )
+
+    def columns(self, parts: Sequence[PlannedRows]) -> list[Any]:
+        """The rows of every part, in order, as one array a column in the signature's order: what
+        a direct call (`gateway.serving.direct`) takes, without building the frame."""
         if len(parts) == 1:
-            arrays = list(parts[0].arrays)
-        else:
-            arrays = [
-                _concatenate([part.arrays[column] for part in parts])
-                for column in range(len(self.names))
-            ]
-        return compat.frame_from_arrays(arrays, self.index, sum(part.length for part in parts))
-
-    def array(self, parts: Sequence[PlannedRows]) -> np.ndarray:
-        """The rows of `build`'s frame as the 2-D array `np.asarray` makes of it, without the frame.
-
-        For plans whose every dtype is a numpy one: pandas then lays the frame's values out one
-        column after another in their common dtype, and so does this.
-        """
-        columns = [
-            parts[0].arrays[column]
-            if len(parts) == 1
-            else np.concatenate([part.arrays[column] for part in parts])
+            return list(parts[0].arrays)
+        return [
+            _concatenate([part.arrays[column] for part in parts])
             for column in range(len(self.names))
         ]
-        return np.array(columns, dtype=np.result_type(*self.dtypes)).T
+
+    def columns_of(self, frame: pd.DataFrame) -> list[Any]:
+        """The columns of a frame this plan built (or rows of one), as `columns` gives them."""
+        return [frame.iloc[:, column].to_numpy() for column in range(len(self.names))]
 
     def _typed(self, columns: Sequence[Any], column: Any, length: int) -> PlannedRows | None:
         if length == 0 or len(columns) != len(self.names):

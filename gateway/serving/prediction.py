@@ -213,7 +213,7 @@ def goes_direct(model: LoadedModel, plan: Any, params: dict[str, Any] | None) ->
 def model_data(model: LoadedModel, inputs: Sequence[payload.ModelInput]) -> Any:
     """What `predict_raw` takes for the rows of these inputs (one, or several merged alike).
 
-    Planned rows are built as one array for a model predicted directly, else as one frame;
+    Planned rows are built as one array a column for a model predicted directly, else as one frame;
     inputs without a plan are their data as parsed (several frames concatenated).
     """
     first = inputs[0]
@@ -223,7 +223,7 @@ def model_data(model: LoadedModel, inputs: Sequence[payload.ModelInput]) -> Any:
         return pd.concat([item.data for item in inputs], ignore_index=True)
     parts = [item.rows for item in inputs if item.rows is not None]
     if goes_direct(model, first.plan, first.params):
-        return first.plan.array(parts)
+        return first.plan.columns(parts)
     return first.plan.build(parts)
 
 
@@ -240,7 +240,8 @@ def predict_raw(
     try:
         if goes_direct(model, plan, params):
             assert model.direct is not None
-            raw = model.direct(data)
+            columns = plan.columns_of(data) if isinstance(data, pd.DataFrame) else data
+            raw = model.direct(columns)
         else:
             exact = plan is not None and plan == model.spec.plan and model.planned_pyfunc
             raw = (model.planned_pyfunc if exact else model.pyfunc).predict(data, params=params)

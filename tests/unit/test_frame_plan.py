@@ -13,6 +13,7 @@ from mlflow.types import ColSpec, Schema
 
 from gateway.protocol import payload
 from gateway.protocol.frame_plan import make_plan
+from gateway.serving.direct import numeric_stack
 
 SCHEMA = Schema(
     [
@@ -168,7 +169,7 @@ def test_signatures_it_cannot_build_get_no_plan() -> None:
     "types",
     [("long", "double", "long"), ("double", "double"), ("long",), ("double", "long")],
 )
-def test_the_array_of_numeric_rows_is_what_numpy_makes_of_their_frame(
+def test_the_columns_of_numeric_rows_stack_into_what_numpy_makes_of_their_frame(
     types: tuple[str, ...],
 ) -> None:
     names = [f"c{i}" for i in range(len(types))]
@@ -194,8 +195,15 @@ def test_the_array_of_numeric_rows_is_what_numpy_makes_of_their_frame(
         assert rows is not None
         parts.append(rows)
     for chosen in (parts[:1], parts):
-        expected = np.asarray(plan.build(chosen))
-        array = plan.array(chosen)
+        frame = plan.build(chosen)
+        expected = np.asarray(frame)
+        stack = numeric_stack(plan, range(len(types)))
+        assert stack is not None
+        array = stack(plan.columns(chosen))
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(plan.columns_of(frame), plan.columns(chosen), strict=True)
+        )
         assert array.dtype == expected.dtype
         assert array.flags.f_contiguous == expected.flags.f_contiguous
         np.testing.assert_array_equal(array, expected)
