@@ -58,13 +58,13 @@ NUMERIC_KINDS = "fiu"
 # ColumnTransformer parts whose `transform` of a validated array is their `transform` of the
 # DataFrame it was validated from: scalers of numbers, and encoders, which keep each column's
 # dtype. Each is tested against MLflow's predictions of a pipeline that uses it.
+# Exact classes of `sklearn.preprocessing`: a subclass may transform otherwise.
 SCALERS = frozenset({"StandardScaler", "MinMaxScaler", "MaxAbsScaler", "RobustScaler"})
 ENCODERS = frozenset({"OneHotEncoder", "OrdinalEncoder"})
 ENCODED_KINDS = "biufO"
-# The Pipeline methods that are its steps' `transform` in turn, then the last step's own method.
-PIPELINE_METHODS = frozenset(
-    {"predict", "predict_proba", "predict_log_proba", "decision_function", "transform"}
-)
+# The Pipeline methods that MLflow's sklearn flavor predicts with and that are the steps'
+# `transform` in turn, then the last step's own method.
+PIPELINE_METHODS = frozenset({"predict", "predict_proba", "predict_log_proba"})
 
 
 def direct_predict(pyfunc: Any, plan: FramePlan | None) -> Direct | None:
@@ -166,12 +166,14 @@ def _column_transformer(transformer: Any, plan: FramePlan) -> Direct | None:
 
 def _part(part: Any, plan: FramePlan, positions: Sequence[int]) -> Direct | None:
     """One ColumnTransformer part's `transform` of its columns of the plan, or None."""
-    kind = type(part)
-    if not kind.__module__.startswith("sklearn.preprocessing"):
+    from sklearn import preprocessing
+
+    name = type(part).__name__
+    if type(part) is not getattr(preprocessing, name, None):
         return None
-    if kind.__name__ in SCALERS:
+    if name in SCALERS:
         stack = numeric_stack(plan, positions)
-    elif kind.__name__ in ENCODERS:
+    elif name in ENCODERS:
         stack = _categories(plan, positions)
     else:
         return None

@@ -334,6 +334,15 @@ def _columns(*parts: tuple[str, Any, list[str]], **options: Any) -> ColumnTransf
 
 
 NUMBERS = ["age", "income", "calls"]
+
+
+class ShiftedScaler(StandardScaler):  # type: ignore[misc]  # scikit-learn is untyped
+    """A user's own scaler: scikit-learn's, shifted by one."""
+
+    def transform(self, X: Any, copy: bool | None = None) -> Any:  # noqa: N803 (its parent's name)
+        return super().transform(X, copy=copy) + 1.0
+
+
 PIPELINES = {
     # The demo's shape: numbers scaled, a category one-hot encoded, a logistic regression.
     "scaled-and-one-hot": (
@@ -509,6 +518,16 @@ def test_an_unknown_category_fails_directly_as_it_fails_through_mlflow(tmp_path:
             "function-of-the-frame",  # a first step that may read the frame by column name
             make_pipeline(
                 FunctionTransformer(lambda frame: frame[NUMBERS]),
+                LogisticRegression(max_iter=500),
+            ),
+        ),
+        (
+            "subclassed-part",  # a subclass may transform otherwise than its parent
+            make_pipeline(
+                _columns(
+                    ("plan", OneHotEncoder(), ["plan", "region"]),
+                    ("numbers", ShiftedScaler(), NUMBERS),
+                ),
                 LogisticRegression(max_iter=500),
             ),
         ),
