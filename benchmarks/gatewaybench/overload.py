@@ -214,6 +214,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-queue-ms", type=float, help="the gateway's max_queue_ms (default: its own default)"
     )
     parser.add_argument(
+        "--standing-queue-ms",
+        type=float,
+        help="the gateway's standing_queue_ms, 0 for off (default: its own default)",
+    )
+    parser.add_argument(
         "--max-in-flight", type=int, help="the gateway's max_in_flight (default: derived)"
     )
     parser.add_argument(
@@ -236,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = gateway_config(tracking_uri, directory, Features.OBSERVED)
         if args.max_queue_ms is not None:
             config["max_queue_ms"] = args.max_queue_ms
+        if args.standing_queue_ms is not None:
+            config["standing_queue_ms"] = args.standing_queue_ms
         if args.max_in_flight is not None:
             config["max_in_flight"] = args.max_in_flight
         spec = ServerSpec("gateway-overload", "gateway", args.workers, Features.OBSERVED, config)

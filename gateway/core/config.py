@@ -227,6 +227,10 @@ class GatewayConfig(_Model):
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
     # Longest a request waits for its predict to start, past it a 503; None or 0: no limit.
     max_queue_ms: Annotated[float, Field(ge=0)] | None = 1000.0
+    # Under a standing queue (a batched version's queue has not drained for 100 ms), the longest
+    # a request waits beyond one batch's run for its predict to start, past it a 503 (never
+    # longer than max_queue_ms); None or 0: max_queue_ms alone.
+    standing_queue_ms: Annotated[float, Field(ge=0)] | None = 10.0
     # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
     startup_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # MLflow's timeout of one registry HTTP request, unless MLFLOW_HTTP_REQUEST_TIMEOUT is set.
@@ -290,6 +294,11 @@ class GatewayConfig(_Model):
     def max_queue_seconds(self) -> float | None:
         """`max_queue_ms` in seconds; None when requests may wait for their predict at will."""
         return self.max_queue_ms / 1000 if self.max_queue_ms else None
+
+    @property
+    def standing_queue_seconds(self) -> float | None:
+        """`standing_queue_ms` in seconds; None when a standing queue changes nothing."""
+        return self.standing_queue_ms / 1000 if self.standing_queue_ms else None
 
 
 # The derived `max_in_flight` is never below this.

@@ -83,12 +83,14 @@ def too_many_body_bytes(limit: int) -> ShedError:
     )
 
 
-def waited_too_long(limit_seconds: float) -> ShedError:
-    """The refusal of a request that waited longer than `limit_seconds` for its predict."""
+def waited_too_long(limit_seconds: float, setting: str = "max_queue_ms") -> ShedError:
+    """The refusal of a request that waited longer than `limit_seconds` for its predict, the
+    limit that `setting` made."""
     return ShedError(
         "queue_time",
-        f"The gateway is overloaded: the request waited more than {limit_seconds * 1000:g} ms "
-        "for its prediction to start (max_queue_ms). Retry later.",
+        f"The gateway is overloaded: the request waited more than "
+        f"{round(limit_seconds * 1000, 1):g} ms for its prediction to start ({setting}). "
+        "Retry later.",
     )
 
 

@@ -55,7 +55,8 @@ QUEUE_DURATION = Histogram(
 SHED = Counter(
     "gateway_shed_total",
     "Invocations refused with a 503 because their worker was overloaded, by reason "
-    "(in_flight: max_in_flight reached; queue_time: waited past max_queue_ms for predict; "
+    "(in_flight: max_in_flight reached; queue_time: waited past max_queue_ms, or past "
+    "standing_queue_ms under a standing queue, for predict; "
     "body_bytes: max_in_flight_bytes of request bodies held).",
     ["endpoint", "reason"],
 )

@@ -12,6 +12,17 @@ A batch is one hand-off to a worker thread, which runs `gateway.serving.merge.pr
 this module is the scheduler on the event loop, that one the merge and split. The requests of a
 batch that waited longer than `max_queue_ms` when it is handed off are answered 503 instead.
 
+Under a standing queue the limit is shorter. A queue that drains at each batch, every request
+waiting taken by the next one, is a queue that batching needs: requests that came while a batch
+ran. One that has not drained for `STANDING_INTERVAL` means more arrives than the version
+answers, and then waiting longer only adds latency, never throughput. While that lasts, a request
+may wait one batch's run (the last one's) plus `standing_queue_ms` for its predict to start; the
+others are answered 503 at once. This is the controlled-delay rule of CoDel and of Facebook's
+RPC queues ("Fail at Scale", ACM Queue, 2015): the queue's minimum over an interval, not its
+length, tells a standing queue from a burst. The served requests of an overloaded worker keep
+a latency near the unloaded one, while a busy one that keeps up (its queue drains at each batch)
+refuses nothing.
+
 A batch of one request of a fast version skips the hand-off and is predicted on the loop (in
 the callback that takes the batch, so requests read in one turn still share a batch, and under
 load requests still wait for company), when `gateway.core.inline_policy` allows it:
@@ -45,6 +56,8 @@ from gateway.serving.registry import LoadedModel
 logger = logging.getLogger(__name__)
 
 _Answers = list[Prediction | GatewayError]
+# A queue that has not drained for this long is a standing queue.
+STANDING_INTERVAL = 0.1
 
 
 def _loop_time() -> float:
@@ -71,6 +84,7 @@ class Batcher:
         labels: tuple[str, str] | None = None,
         *,
         max_queue: float | None = None,
+        standing_queue: float | None = None,
         budget: TurnBudget | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -93,6 +107,13 @@ class Batcher:
         self._timer: asyncio.TimerHandle | None = None
         # Seconds a request may wait for its batch to start; None: no limit.
         self._max_queue = max_queue
+        # Under a standing queue: seconds a request may wait beyond the last batch's run.
+        self._standing_queue = standing_queue
+        # When the queue last drained (a batch took every request waiting), and how long the
+        # last batch handed off took from its hand-off to its answers, on the loop's clock.
+        self._drained = -math.inf
+        self._last_run = 0.0
+        self._handed_off = 0.0
         # Whether a lone request may skip the hand-off: what its version's calls measured.
         self._estimate = PredictEstimate(bound=settings.inline_max_ms / 1000)
         self._budget = budget if budget is not None else TurnBudget()
@@ -119,10 +140,25 @@ class Batcher:
     # alone waits for no one, and requests read in the same turn of the loop share a batch
     # instead of the first going alone.
 
+    def _queue_limit(self, now: float) -> tuple[float, str] | None:
+        """How long a request may wait for its batch to start now, and the setting that says
+        so; None: at will."""
+        limit = None if self._max_queue is None else (self._max_queue, "max_queue_ms")
+        if self._standing_queue is None or now - self._drained <= STANDING_INTERVAL:
+            return limit
+        standing = self._last_run + self._standing_queue
+        if limit is not None and limit[0] <= standing:
+            return limit
+        return standing, "standing_queue_ms"
+
     def _next(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the next batch, or stop when nobody is waiting."""
-        if self._max_queue is not None:
-            self._shed_stale(loop.time() - self._max_queue)
+        now = loop.time()
+        if len(self._waiting) <= self._max_size:  # the next batch takes them all: drained
+            self._drained = now
+        limit = self._queue_limit(now)
+        if limit is not None:
+            self._shed_stale(now - limit[0], limit)
         if not self._waiting:
             self._running = False
             return
@@ -173,11 +209,14 @@ class Batcher:
     def _submit(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         if self._queue_gauge is not None:
             self._queue_gauge.add(-len(batch))
-        if self._max_queue is not None:
-            batch = self._shed_late(loop.time() - self._max_queue, batch)
+        now = loop.time()
+        limit = self._queue_limit(now)
+        if limit is not None:
+            batch = self._shed_late(now - limit[0], limit, batch)
             if not batch:
                 loop.call_soon(self._next, loop)
                 return
+        self._handed_off = now
         requests = [waiting.request for waiting in batch]
         try:
             done = self._executor.submit(
@@ -201,7 +240,7 @@ class Batcher:
 
         done.add_done_callback(answer)
 
-    def _shed_stale(self, queued_by: float) -> None:
+    def _shed_stale(self, queued_by: float, limit: tuple[float, str]) -> None:
         """Answer every request queued before `queued_by` with a 503, all in this turn.
 
         The queue is in arrival order, so they are at its head. Shed a batch at a time instead,
@@ -213,22 +252,22 @@ class Batcher:
             waiting = self._waiting.popleft()
             stale += 1
             if not waiting.future.done():
-                assert self._max_queue is not None
-                waiting.future.set_exception(waited_too_long(self._max_queue))
+                waiting.future.set_exception(waited_too_long(*limit))
         if stale and self._queue_gauge is not None:
             self._queue_gauge.add(-stale)
 
-    def _shed_late(self, queued_by: float, batch: list[_Waiting]) -> list[_Waiting]:
+    def _shed_late(
+        self, queued_by: float, limit: tuple[float, str], batch: list[_Waiting]
+    ) -> list[_Waiting]:
         """Answer the requests queued before `queued_by` with a 503; the others go on."""
         if batch[0].since >= queued_by:  # the oldest is in time: so are the others
             return batch
-        assert self._max_queue is not None
         on_time = []
         for waiting in batch:
             if waiting.since >= queued_by:
                 on_time.append(waiting)
             elif not waiting.future.done():
-                waiting.future.set_exception(waited_too_long(self._max_queue))
+                waiting.future.set_exception(waited_too_long(*limit))
         return on_time
 
     def _finish(
@@ -238,6 +277,7 @@ class Batcher:
         done: "Future[tuple[_Answers, float]] | None",
     ) -> None:
         """Answer each request of a batch from its thread's result, then start the next one."""
+        self._last_run = loop.time() - self._handed_off
         if done is None:
             results: _Answers = [internal_error()] * len(batch)
         else:

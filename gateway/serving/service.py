@@ -63,6 +63,7 @@ class InvocationService:
         self._admitted = 0
         self._max_in_flight = max_in_flight
         self._max_queue = config.max_queue_seconds
+        self._standing_queue = config.standing_queue_seconds
         self._clock = clock
         self._tracer = tracer  # None: tracing is off
 
@@ -289,6 +290,7 @@ class InvocationService:
                 settings,
                 labels,
                 max_queue=self._max_queue,
+                standing_queue=self._standing_queue,
                 budget=self._turn_budget,
             )
         )

@@ -58,11 +58,18 @@ class Harness:
         model: LoadedModel = MODEL,
         body: Callable[[str], bytes] = str.encode,
         max_queue: float | None = None,
+        standing_queue: float | None = None,
     ) -> None:
         self.clock = clock
         self.executor = ManualExecutor()
         self.batcher = Batcher(
-            "champion", model, self.executor, settings, clock=clock, max_queue=max_queue
+            "champion",
+            model,
+            self.executor,
+            settings,
+            clock=clock,
+            max_queue=max_queue,
+            standing_queue=standing_queue,
         )
         self.body = body
         self.names: dict[bytes, str] = {}
@@ -151,13 +158,14 @@ def run(
     make_model: Callable[[FakeClock], LoadedModel] | None = None,
     body: Callable[[str], bytes] = str.encode,
     max_queue: float | None = None,
+    standing_queue: float | None = None,
 ) -> None:
     """Run a test's script against a fresh Batcher on a fresh clocked loop."""
     clock = FakeClock()
     model = MODEL if make_model is None else make_model(clock)
 
     async def main() -> None:
-        await script(Harness(settings, clock, model, body, max_queue))
+        await script(Harness(settings, clock, model, body, max_queue, standing_queue))
 
     with asyncio.Runner(loop_factory=lambda: ClockedLoop(clock)) as runner:
         runner.run(main())
@@ -381,14 +389,18 @@ def test_a_request_cancelled_while_it_waits_is_skipped_without_error() -> None:
     run(Batching(max_batch_size=64, max_wait_ms=0), script)
 
 
-async def shed(harness: Harness, names: str) -> None:
-    """Each named request was answered 503: it waited too long for its batch."""
+async def shed(
+    harness: Harness, names: str, limit: str = "1000 ms", setting: str = "max_queue_ms"
+) -> None:
+    """Each named request was answered 503: it waited longer than `limit` for its batch."""
     for name in names:
         with pytest.raises(ShedError) as caught:
             await harness.requests[name]
         assert (caught.value.status_code, caught.value.reason) == (503, "queue_time")
         assert caught.value.retry_after == 1
-        assert "1000 ms" in caught.value.message
+        assert f"more than {limit} for its prediction to start ({setting})" in (
+            caught.value.message
+        )
 
 
 def test_requests_that_waited_past_max_queue_are_answered_503_and_the_rest_predicted() -> None:
@@ -435,6 +447,45 @@ def test_a_batch_whose_requests_all_waited_too_long_is_not_submitted_and_batchin
         assert harness.loop_errors == []
 
     run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0)
+
+
+def test_a_queue_that_drains_at_each_batch_refuses_nothing_however_long_it_waits() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        for pair in ("bc", "de", "fg", "hi", "jk"):  # each pair waits 60 ms for the batch
+            await harness.arrive(pair)  # before it, then the next batch takes both
+            await harness.tick(60)
+            await harness.end()
+        assert harness.batches() == "a bc de fg hi jk"
+        await harness.end()
+        assert all(task.done() and not task.exception() for task in harness.requests.values())
+
+    run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
+
+
+def test_a_standing_queue_sheds_what_waited_longer_than_a_batch_and_standing_queue_ms() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("bcdefgh")  # more than a batch: the queue stops draining
+        await harness.tick(60)
+        await harness.end()  # a took 60 ms; bc go, 60 ms after the queue last drained
+        await harness.arrive("ijk")
+        await harness.tick(60)
+        # 120 ms without draining: a request may wait bc's run (60 ms) + 10 ms. defgh waited
+        # 120 ms and are refused; ijk waited 60 ms and go on.
+        await harness.end()
+        assert harness.batches() == "a bc ij"
+        await shed(harness, "defgh", "70 ms", "standing_queue_ms")
+        await harness.end()  # k alone was left: the next batch drained the queue
+        await harness.arrive("lmn")
+        await harness.tick(90)  # 90 ms since it drained: lmn may wait up to max_queue
+        await harness.end()
+        assert harness.batches() == "a bc ij k lm"
+        await harness.end()
+        await harness.end()
+        assert all(not harness.requests[name].exception() for name in "ijklmn")
+
+    run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
 
 
 def test_without_max_queue_a_request_waits_as_long_as_it_takes() -> None:
