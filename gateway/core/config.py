@@ -5,6 +5,7 @@ location, is `gateway.core.config_file`.
 """
 
 import re
+from functools import cached_property
 from typing import Annotated, Literal, Self
 
 from pydantic import (
@@ -270,8 +271,12 @@ class GatewayConfig(_Model):
         return self
 
     def endpoint(self, name: str) -> Endpoint | None:
-        """The endpoint called `name`, if any."""
-        return next((endpoint for endpoint in self.endpoints if endpoint.name == name), None)
+        """The endpoint called `name`, if any (looked up on every request)."""
+        return self._endpoints_by_name.get(name)
+
+    @cached_property
+    def _endpoints_by_name(self) -> dict[str, Endpoint]:
+        return {endpoint.name: endpoint for endpoint in self.endpoints}
 
     def in_flight_limit(self, predict_threads: int) -> int:
         """`max_in_flight`, or as many invocations as a worker can predict without idling.
