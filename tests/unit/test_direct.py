@@ -540,7 +540,7 @@ def test_an_unknown_category_fails_directly_as_it_fails_through_mlflow(tmp_path:
             ),
         ),
         (
-            "scaler-on-strings-and-numbers",  # an encoder of columns of two dtypes
+            "encoder-of-two-dtypes",  # an OrdinalEncoder of a string and an integer column
             make_pipeline(
                 _columns(
                     ("mixed", OrdinalEncoder(), ["plan", "calls"]),
