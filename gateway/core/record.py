@@ -25,7 +25,8 @@ _TEXT_MEDIA_TYPES: Final = frozenset({"application/json", "text/csv"})
 
 def user_key_hash(user_key: str, secret: bytes) -> str:
     """HMAC-SHA256 of the user key under `secret`, 32 hex digits: not reversible by a dictionary."""
-    # The one-shot C function: a fifth of the time of an HMAC object, on the request path.
+    # The one-shot C function: about two thirds of the time of an HMAC object (~2.7 against
+    # ~4.2 us), on the request path.
     return hmac.digest(secret, user_key.encode("utf-8", "surrogatepass"), "sha256").hex()[:32]
 
 

@@ -134,22 +134,42 @@ def test_direct_predictions_are_mlflows_exactly(
     assert model.direct is not None
     rng = random.Random(name)
     for _ in range(40):
-        rows = rng.choice([1, 2, 7, 32])
         columns = rng.sample(["age", "income", "calls"], 3)
-        document = _document(rng, rows, columns)
-        parsed = payload.parse_json(
-            document, model.spec.metadata, model.spec.input_schema, model.spec.plan
-        )
-        assert goes_direct(model, parsed.plan, parsed.params)
-        data = model_data(model, [parsed])
-        assert [len(column) for column in data] == [rows] * 3  # one array a column, no frame
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no "X does not have valid feature names"
-            raw, _, _ = predict_raw(model, data, parsed.params, parsed.plan)
-        expected = _mlflow_answer(model, document)
-        assert raw.dtype == expected.dtype
-        np.testing.assert_array_equal(raw, expected)
-        assert payload.encode_predictions(raw, False) == payload.encode_predictions(expected, False)
+        _predicts_as_mlflow(model, _document(rng, rng.choice([1, 2, 7, 32]), columns))
+
+
+def _predicts_as_mlflow(model: LoadedModel, document: dict[str, Any]) -> None:
+    """The document goes direct, from its columns and from a frame its plan built (rows routed
+    one by one), with no warning, and gets MLflow's predictions exactly: dtype, values and
+    encoded bytes."""
+    parsed = payload.parse_json(
+        document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+    )
+    assert parsed.plan is not None
+    assert goes_direct(model, parsed.plan, parsed.params)
+    data = model_data(model, [parsed])
+    # One array a column, no frame.
+    assert [len(column) for column in data] == [parsed.row_count] * len(parsed.plan.names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no feature-name warning, no unknown-category one
+        raw, _, _ = predict_raw(model, data, parsed.params, parsed.plan)
+        from_frame, _, _ = predict_raw(model, parsed.frame(), parsed.params, parsed.plan)
+    expected = _mlflow_answer(model, document)
+    assert raw.dtype == expected.dtype
+    np.testing.assert_array_equal(raw, expected)
+    np.testing.assert_array_equal(from_frame, expected)
+    assert payload.encode_predictions(raw, False) == payload.encode_predictions(expected, False)
+
+
+def _merged_as_mlflow(model: LoadedModel, documents: list[dict[str, Any]]) -> None:
+    """The documents merged into one direct call get MLflow's predictions of each, in order."""
+    inputs = [
+        payload.parse_json(d, model.spec.metadata, model.spec.input_schema, model.spec.plan)
+        for d in documents
+    ]
+    raw, _, _ = predict_raw(model, model_data(model, inputs), None, inputs[0].plan)
+    expected = np.concatenate([_mlflow_answer(model, d) for d in documents])
+    np.testing.assert_array_equal(raw, expected)
 
 
 def test_a_merged_batch_goes_direct_with_the_same_predictions(
@@ -158,13 +178,7 @@ def test_a_merged_batch_goes_direct_with_the_same_predictions(
     model = direct_models["forest-proba"]
     rng = random.Random(5)
     documents = [_document(rng, rng.randint(1, 4), ["age", "income", "calls"]) for _ in range(9)]
-    inputs = [
-        payload.parse_json(d, model.spec.metadata, model.spec.input_schema, model.spec.plan)
-        for d in documents
-    ]
-    raw, _, _ = predict_raw(model, model_data(model, inputs), None, inputs[0].plan)
-    expected = np.concatenate([_mlflow_answer(model, d) for d in documents])
-    np.testing.assert_array_equal(raw, expected)
+    _merged_as_mlflow(model, documents)
 
 
 @pytest.mark.parametrize(
@@ -432,21 +446,9 @@ def test_pipelines_of_named_columns_predict_mlflows_exactly(
     rng = random.Random(name)
     for _ in range(40):
         rows = rng.choice([1, 2, 7, 32])
-        document = _customer_document(rng, rows, unknown=name != "dropped-and-dense")
-        parsed = payload.parse_json(
-            document, model.spec.metadata, model.spec.input_schema, model.spec.plan
+        _predicts_as_mlflow(
+            model, _customer_document(rng, rows, unknown=name != "dropped-and-dense")
         )
-        assert goes_direct(model, parsed.plan, parsed.params)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no feature-name warning, no unknown-category one
-            raw, _, _ = predict_raw(model, model_data(model, [parsed]), None, parsed.plan)
-            # Rows routed one by one reach the model as a frame the plan built.
-            from_frame, _, _ = predict_raw(model, parsed.frame(), None, parsed.plan)
-        expected = _mlflow_answer(model, document)
-        assert raw.dtype == expected.dtype
-        np.testing.assert_array_equal(raw, expected)
-        np.testing.assert_array_equal(from_frame, expected)
-        assert payload.encode_predictions(raw, False) == payload.encode_predictions(expected, False)
 
 
 def test_a_merged_batch_of_a_pipeline_goes_direct_with_the_same_predictions(
@@ -455,13 +457,7 @@ def test_a_merged_batch_of_a_pipeline_goes_direct_with_the_same_predictions(
     model = pipelines["scaled-and-one-hot"]
     rng = random.Random(8)
     documents = [_customer_document(rng, rng.randint(1, 4), unknown=True) for _ in range(9)]
-    inputs = [
-        payload.parse_json(d, model.spec.metadata, model.spec.input_schema, model.spec.plan)
-        for d in documents
-    ]
-    raw, _, _ = predict_raw(model, model_data(model, inputs), None, inputs[0].plan)
-    expected = np.concatenate([_mlflow_answer(model, d) for d in documents])
-    np.testing.assert_array_equal(raw, expected)
+    _merged_as_mlflow(model, documents)
 
 
 def test_an_unknown_category_fails_directly_as_it_fails_through_mlflow(tmp_path: Path) -> None:
