@@ -107,17 +107,23 @@ class Accountant:
         """One inference-log record for each variant that had a part in the outcome."""
         if outcome.endpoint is None or not self._sampled(outcome):
             return
-        message = None if outcome.error is None else outcome.error.message
-        parts: tuple[Part | None, ...] = outcome.parts or (None,)
-        for part in parts:
-            response = outcome.body
-            if response is not None and part is not None and part.predictions is not None:
-                # Rows were split: each variant's record holds the predictions of its own rows.
-                response = json.dumps({"predictions": part.predictions}, cls=NumpyEncoder).encode()
-            routing = outcome.decision.routing if outcome.decision else None
-            self._submit(
-                self._record(outcome, part, routing, outcome.status_code, response, message)
-            )
+        for part in outcome.parts or (None,):
+            self._submit(partial(self._answered_record, outcome, part))
+
+    def _answered_record(self, outcome: Outcome, part: Part | None) -> dict[str, Any]:
+        """The record of one variant's part in an answered (or refused) request."""
+        response = outcome.body
+        if response is not None and part is not None and part.predictions is not None:
+            # Rows were split: each variant's record holds the predictions of its own rows.
+            response = json.dumps({"predictions": part.predictions}, cls=NumpyEncoder).encode()
+        return self._record(
+            outcome,
+            part,
+            outcome.decision.routing if outcome.decision else None,
+            outcome.status_code,
+            response,
+            None if outcome.error is None else outcome.error.message,
+        )
 
     def record_shadow(
         self, outcome: Outcome, part: Part | None, body: bytes | None, error: GatewayError | None
@@ -127,9 +133,11 @@ class Accountant:
             return
         status = 200 if error is None else error.status_code
         message = None if error is None else error.message
-        self._submit(self._record(outcome, part, Routing.SHADOW, status, body, message))
+        self._submit(partial(self._record, outcome, part, Routing.SHADOW, status, body, message))
 
     def _submit(self, record: Callable[[], dict[str, Any]]) -> None:
+        """Queue a record's builder: it runs on the writer's thread, so that reading the outcome,
+        hashing the user key and encoding bodies cost the request path nothing."""
         assert self._writer is not None
         self._writer.submit(record)
 
@@ -146,15 +154,14 @@ class Accountant:
         status_code: int,
         response: bytes | None,
         error: str | None,
-    ) -> Callable[[], dict[str, Any]]:
-        """A record builder: it runs on the writer's thread, so bodies cost the request path nothing."""
+    ) -> dict[str, Any]:
+        """One inference-log record (on the writer's thread)."""
         invocation, decision, endpoint = outcome.invocation, outcome.decision, outcome.endpoint
         assert endpoint is not None
         user_key = decision.user_key if decision else None
         shadow = routing is Routing.SHADOW
         seconds = (part.predict_seconds or 0.0) if shadow and part else outcome.duration
-        return partial(
-            build_record,
+        return build_record(
             request_id=invocation.request_id,
             timestamp=invocation.wall,
             endpoint=endpoint.name,
