@@ -31,6 +31,14 @@ column by column, each into a 1-D array of its values (a string column into an o
 Python strings). The direct call builds those arrays from the plan's columns and stacks the
 transformers' outputs the same way.
 
+Within a ColumnTransformer, an encoder whose known categories make at most
+`MEMOIZED_COMBINATIONS` rows is called once, when the model loads, on every such row: a request
+whose rows are all among them gets those rows of that one output, dense, as the ColumnTransformer
+would have made them. An encoder maps each row on its own, so the rows are the ones its
+`transform` returns for them; any other row (an unknown category, a missing value) sends the
+whole request to `transform`, with its warnings and errors. For the demo's pipeline this is
+most of a lone request's time: ~0.4 of ~0.7 ms.
+
 The estimators and transformers called are shallow copies without `feature_names_in_`, so that
 scikit-learn does not warn that an array has no feature names; they share every fitted array with
 the originals. A forest on one thread averages its trees in turn without joblib's per-tree
@@ -40,6 +48,9 @@ tests compare both, prediction for prediction.
 """
 
 import copy
+import itertools
+import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -65,6 +76,9 @@ ENCODED_KINDS = "biufO"
 # The Pipeline methods that MLflow's sklearn flavor predicts with and that are the steps'
 # `transform` in turn, then the last step's own method.
 PIPELINE_METHODS = frozenset({"predict", "predict_proba", "predict_log_proba"})
+# An encoder of a ColumnTransformer whose known categories make at most this many rows has
+# its output for each of them computed once, when the model loads.
+MEMOIZED_COMBINATIONS = 1024
 
 
 def direct_predict(pyfunc: Any, plan: FramePlan | None) -> Direct | None:
@@ -150,7 +164,7 @@ def _column_transformer(transformer: Any, plan: FramePlan) -> Direct | None:
             continue  # scikit-learn skips dropped transformers and empty selections alike
         if isinstance(columns, str) or np.isscalar(columns) or _is(part, "passthrough"):
             return None  # a scalar selection hands on 1-D data; passthrough hands on the frame
-        call = _part(part, plan, indices[name])
+        call = _part(part, plan, indices[name], dense=True)
         if call is None:
             return None
         parts.append(call)
@@ -164,8 +178,11 @@ def _column_transformer(transformer: Any, plan: FramePlan) -> Direct | None:
     return transform
 
 
-def _part(part: Any, plan: FramePlan, positions: Sequence[int]) -> Direct | None:
-    """One ColumnTransformer part's `transform` of its columns of the plan, or None."""
+def _part(
+    part: Any, plan: FramePlan, positions: Sequence[int], *, dense: bool = False
+) -> Direct | None:
+    """One ColumnTransformer part's `transform` of its columns of the plan, or None; with
+    `dense`, an encoder's output may be dense where `transform`'s is sparse."""
     from sklearn import preprocessing
 
     name = type(part).__name__
@@ -180,9 +197,59 @@ def _part(part: Any, plan: FramePlan, positions: Sequence[int]) -> Direct | None
     if stack is None or compat.sklearn_transform_output(part) != "default":
         return None
     call = _bare(part).transform
+    if dense and name in ENCODERS:
+        memoized = _memoized(part, positions, stack, call)
+        if memoized is not None:
+            return memoized
 
     def transform(columns: Sequence[Any]) -> Any:
         return call(stack(columns))
+
+    return transform
+
+
+def _memoized(part: Any, positions: Sequence[int], stack: Step, call: Step) -> Direct | None:
+    """A fitted encoder's dense `transform` from a table of its output for every row of known
+    categories, computed now by `call`; None when there are too many, when the plan's dtype
+    would change a category (1.5 of an integer column), or when they warn."""
+    categories = [np.asarray(column).tolist() for column in getattr(part, "categories_", ())]
+    if len(categories) != len(positions):
+        return None
+    if not categories or math.prod(len(c) for c in categories) > MEMOIZED_COMBINATIONS:
+        return None
+    rows = list(itertools.product(*categories))
+    # The plan's columns as `stack` takes them, each category column at its encoder's position.
+    columns: list[Any] = [None] * (max(positions) + 1)
+    for j, i in enumerate(positions):
+        columns[i] = [row[j] for row in rows]
+    try:
+        known = stack(columns)
+    except (TypeError, ValueError, OverflowError):  # a category the plan's dtype cannot hold
+        return None
+    keys = [tuple(key) for key in known.tolist()]
+    if keys != rows:  # the plan's dtype changed a category
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = call(known)
+        except Exception:  # an encoder that cannot take its own categories: no table
+            return None
+    if caught:
+        return None
+    out = out.toarray() if sparse.issparse(out) else np.asarray(out)
+    # The keys are the Python values that `tolist` makes of a request's rows. A NaN is equal
+    # only to itself: a row with another NaN object goes to `transform`, which answers it with
+    # the same row as the table's.
+    table = dict(zip(keys, out, strict=True))
+
+    def transform(columns: Sequence[Any]) -> Any:
+        data = stack(columns)
+        try:
+            found = [table[tuple(row)] for row in data.tolist()]
+        except (KeyError, TypeError):  # a category it does not know, or an unhashable value
+            return call(data)
+        return np.array(found, dtype=out.dtype) if found else call(data)
 
     return transform
 

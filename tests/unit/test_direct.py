@@ -35,7 +35,8 @@ from sklearn.preprocessing import (
 )
 
 from gateway.core.errors import GatewayError
-from gateway.protocol import payload
+from gateway.protocol import compat, payload
+from gateway.serving import direct
 from gateway.serving.prediction import goes_direct, model_data, predict_raw
 from gateway.serving.registry import LoadedModel, ModelVersion, loaded_model
 
@@ -481,6 +482,84 @@ def test_an_unknown_category_fails_directly_as_it_fails_through_mlflow(tmp_path:
     }
     error = _fails_alike(model, document)
     assert "secret-plan" not in json.dumps(error)
+
+
+class Counted:
+    """A transform that counts its calls."""
+
+    def __init__(self, call: Callable[[Any], Any]) -> None:
+        self.call = call
+        self.calls = 0
+
+    def __call__(self, data: Any) -> Any:
+        self.calls += 1
+        return self.call(data)
+
+
+def _encoder_of(model: LoadedModel, part: str) -> tuple[Any, list[int]]:
+    """A loaded pipeline's ColumnTransformer part, and its columns' positions in the plan."""
+    found = compat.sklearn_predict_method(model.pyfunc)
+    assert found is not None
+    transformer = found[0].steps[0][1]
+    indices = compat.sklearn_column_indices(transformer)
+    assert indices is not None
+    return transformer.named_transformers_[part], indices[part]
+
+
+def test_an_encoder_answers_known_categories_from_its_own_output(
+    pipelines: dict[str, LoadedModel],
+) -> None:
+    model = pipelines["scaled-and-one-hot"]
+    plan = model.spec.plan
+    assert plan is not None
+    encoder, positions = _encoder_of(model, "plan")
+    stack = direct._categories(plan, positions)
+    assert stack is not None
+    transform = Counted(direct._bare(encoder).transform)
+    memoized = direct._memoized(encoder, positions, stack, transform)
+    assert memoized is not None
+    assert transform.calls == 1  # once, for every known category, when the model loads
+
+    columns: list[Any] = [None] * len(plan.names)
+    columns[positions[0]] = ["pro", "basic", "pro", "plus"]
+    answered = memoized(columns)
+    assert transform.calls == 1
+    expected = direct._bare(encoder).transform(stack(columns)).toarray()
+    assert answered.dtype == expected.dtype
+    np.testing.assert_array_equal(answered, expected)
+
+    columns[positions[0]] = ["pro", "gold"]  # a category it never saw: its own transform
+    answered = memoized(columns)
+    assert transform.calls == 2
+    own = direct._bare(encoder).transform(stack(columns))
+    np.testing.assert_array_equal(answered.toarray(), own.toarray())
+
+
+def test_an_encoder_of_too_many_known_rows_has_no_table(tmp_path: Path) -> None:
+    frame, labels = _customers()
+    wide = [[*PLANS, *(f"plan-{n}" for n in range(40))], [*REGIONS, *(f"r-{n}" for n in range(40))]]
+    model = _load(
+        tmp_path,
+        "wide",
+        make_pipeline(
+            _columns(
+                ("both", OneHotEncoder(categories=wide), ["plan", "region"]), sparse_threshold=0
+            ),
+            LogisticRegression(max_iter=500),
+        ),
+        frame,
+        labels,
+    )
+    assert model.spec.plan is not None
+    encoder, positions = _encoder_of(model, "both")
+    assert len(wide[0]) * len(wide[1]) > direct.MEMOIZED_COMBINATIONS
+    stack = direct._categories(model.spec.plan, positions)
+    assert stack is not None
+    transform = Counted(direct._bare(encoder).transform)
+    assert direct._memoized(encoder, positions, stack, transform) is None
+    assert transform.calls == 0
+    assert model.direct is not None  # still direct, through the encoder's own transform
+    _predicts_as_mlflow(model, _customer_document(random.Random(5), 7, unknown=False))
 
 
 @pytest.mark.parametrize(
