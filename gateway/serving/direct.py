@@ -50,7 +50,6 @@ tests compare both, prediction for prediction.
 import copy
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -210,8 +209,8 @@ def _part(
 
 def _memoized(part: Any, positions: Sequence[int], stack: Step, call: Step) -> Direct | None:
     """A fitted encoder's dense `transform` from a table of its output for every row of known
-    categories, computed now by `call`; None when there are too many, when the plan's dtype
-    would change a category (1.5 of an integer column), or when they warn."""
+    categories, computed now by `call`; None when there are too many, or when the plan's dtype
+    would change a category (1.5 of an integer column)."""
     categories = [np.asarray(column).tolist() for column in getattr(part, "categories_", ())]
     if len(categories) != len(positions):
         return None
@@ -229,13 +228,12 @@ def _memoized(part: Any, positions: Sequence[int], stack: Step, call: Step) -> D
     keys = [tuple(key) for key in known.tolist()]
     if keys != rows:  # the plan's dtype changed a category
         return None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            out = call(known)
-        except Exception:  # an encoder that cannot take its own categories: no table
-            return None
-    if caught:
+    # Not under `warnings.catch_warnings`: it swaps the process's filters, and a refresh loads
+    # models while other threads predict. A warning here is logged once, as a model's warnings
+    # are (gateway.observe.quiet), and the requests that the table answers would repeat it.
+    try:
+        out = call(known)
+    except Exception:  # an encoder that cannot take its own categories: no table
         return None
     out = out.toarray() if sparse.issparse(out) else np.asarray(out)
     # The keys are the Python values that `tolist` makes of a request's rows. A NaN is equal
