@@ -44,6 +44,7 @@ from benchmarks.gatewaybench.plan import (
 )
 from benchmarks.gatewaybench.registry import MODELS, build_registry, model_features, payloads
 from benchmarks.gatewaybench.servers import running_servers
+from gateway.core import rollout
 
 DEFAULT_SECONDS = 10.0
 DEFAULT_CONNECTIONS = (16, 1000)
@@ -248,20 +249,9 @@ class Histogram:
         return self.total / self.count * 1000 if self.count else None
 
     def quantile_ms(self, quantile: float) -> float | None:
-        """The quantile, interpolated linearly within its bucket; the largest finite bound when
-        it falls in the +Inf bucket."""
-        if not self.count:
-            return None
-        rank = quantile * self.count
-        lower_bound, lower_count = 0.0, 0.0
-        for bound, cumulative in self.buckets:
-            if cumulative >= rank:
-                if bound == float("inf"):
-                    return lower_bound * 1000
-                share = (rank - lower_count) / (cumulative - lower_count)
-                return (lower_bound + (bound - lower_bound) * share) * 1000
-            lower_bound, lower_count = bound, cumulative
-        return lower_bound * 1000
+        """The quantile as PromQL's histogram_quantile reads it (the rollout guard's own)."""
+        found = rollout.quantile(self.buckets, quantile)
+        return None if found is None else found * 1000
 
 
 def histograms(port: int) -> dict[str, Histogram]:
