@@ -230,7 +230,7 @@ def _memoized(part: Any, positions: Sequence[int], stack: Step, call: Step) -> D
         return None
     # Not under `warnings.catch_warnings`: it swaps the process's filters, and a refresh loads
     # models while other threads predict. A warning here is logged once, as a model's warnings
-    # are (gateway.observe.quiet), and the requests that the table answers would repeat it.
+    # are (gateway.observe.quiet); the requests that the table answers would only repeat it.
     try:
         out = call(known)
     except Exception:  # an encoder that cannot take its own categories: no table
