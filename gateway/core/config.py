@@ -228,9 +228,9 @@ class GatewayConfig(_Model):
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
     # Longest a request waits for its predict to start, past it a 503; None or 0: no limit.
     max_queue_ms: Annotated[float, Field(ge=0)] | None = 1000.0
-    # Under a standing queue (a batched version's queue has not drained for 100 ms), the longest
-    # a request waits beyond one batch's run for its predict to start, past it a 503 (never
-    # longer than max_queue_ms); None or 0: max_queue_ms alone.
+    # Under a standing queue (every batch of a version has left requests behind for 100 ms),
+    # the longest a request waits beyond one batch's run for its predict to start, past it a 503
+    # (never longer than max_queue_ms); None or 0: max_queue_ms alone.
     standing_queue_ms: Annotated[float, Field(ge=0)] | None = 10.0
     # How long `gateway serve` retries an unreachable registry before it gives up (exit 1).
     startup_deadline_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0

@@ -14,8 +14,11 @@ batch that waited longer than `max_queue_ms` when it is handed off are answered 
 
 Under a standing queue the limit is shorter. A queue that drains at each batch, every request
 waiting taken by the next one, is a queue that batching needs: requests that came while a batch
-ran. One that has not drained for `STANDING_INTERVAL` means more arrives than the version
-answers, and then waiting longer only adds latency, never throughput. While that lasts, a request
+ran. One found holding more than a batch at every batch for `STANDING_INTERVAL` means more
+arrives than the version answers, and then waiting longer only adds latency, never throughput.
+The interval starts at the first batch that leaves requests behind, not at the last drain: a
+backlog left by one long batch (a stall, a slow call) that the next few batches clear is a
+burst, and is served. While a standing queue lasts, a request
 may wait one batch's run (the last one's) plus `standing_queue_ms` for its predict to start; the
 others are answered 503 at once. This is the controlled-delay rule of CoDel and of Facebook's
 RPC queues ("Fail at Scale", ACM Queue, 2015): the queue's minimum over an interval, not its
@@ -56,7 +59,7 @@ from gateway.serving.registry import LoadedModel
 logger = logging.getLogger(__name__)
 
 _Answers = list[Prediction | GatewayError]
-# A queue that has not drained for this long is a standing queue.
+# A queue that every batch has left requests behind in for this long is a standing queue.
 STANDING_INTERVAL = 0.1
 
 
@@ -109,9 +112,10 @@ class Batcher:
         self._max_queue = max_queue
         # Under a standing queue: seconds a request may wait beyond the last batch's run.
         self._standing_queue = standing_queue
-        # When the queue last drained (a batch took every request waiting), and how long the
-        # last batch handed off took from its hand-off to its answers, on the loop's clock.
-        self._drained = -math.inf
+        # Since when every batch has left requests behind (None: the last one took them all),
+        # and how long the last batch handed off took from its hand-off to its answers, on the
+        # loop's clock.
+        self._backlog_since: float | None = None
         self._last_run = 0.0
         self._handed_off = 0.0
         # Whether a lone request may skip the hand-off: what its version's calls measured.
@@ -144,7 +148,8 @@ class Batcher:
         """How long a request may wait for its batch to start now, and the setting that says
         so; None: at will."""
         limit = None if self._max_queue is None else (self._max_queue, "max_queue_ms")
-        if self._standing_queue is None or now - self._drained <= STANDING_INTERVAL:
+        since = self._backlog_since
+        if self._standing_queue is None or since is None or now - since <= STANDING_INTERVAL:
             return limit
         standing = self._last_run + self._standing_queue
         if limit is not None and limit[0] <= standing:
@@ -155,7 +160,9 @@ class Batcher:
         """Start the next batch, or stop when nobody is waiting."""
         now = loop.time()
         if len(self._waiting) <= self._max_size:  # the next batch takes them all: drained
-            self._drained = now
+            self._backlog_since = None
+        elif self._backlog_since is None:
+            self._backlog_since = now
         limit = self._queue_limit(now)
         if limit is not None:
             self._shed_stale(now - limit[0], limit)

@@ -466,24 +466,41 @@ def test_a_queue_that_drains_at_each_batch_refuses_nothing_however_long_it_waits
 def test_a_standing_queue_sheds_what_waited_longer_than_a_batch_and_standing_queue_ms() -> None:
     async def script(harness: Harness) -> None:
         await harness.arrive("a")
-        await harness.arrive("bcdefgh")  # more than a batch: the queue stops draining
+        await harness.arrive("bcdefgh")  # more than a batch waits behind a
         await harness.tick(60)
-        await harness.end()  # a took 60 ms; bc go, 60 ms after the queue last drained
+        await harness.end()  # a took 60 ms; bc go and leave defgh: the backlog starts now
         await harness.arrive("ijk")
         await harness.tick(60)
-        # 120 ms without draining: a request may wait bc's run (60 ms) + 10 ms. defgh waited
-        # 120 ms and are refused; ijk waited 60 ms and go on.
+        await harness.end()  # a backlog seen for 60 ms is not yet a standing queue: de go
+        await harness.arrive("lm")
+        await harness.tick(60)
+        # A backlog at every batch for 120 ms: a request may wait de's run (60 ms) + 10 ms.
+        # fgh waited 180 ms and ijk 120 ms, and are refused; lm waited 60 ms and go on.
         await harness.end()
-        assert harness.batches() == "a bc ij"
-        await shed(harness, "defgh", "70 ms", "standing_queue_ms")
-        await harness.end()  # k alone was left: the next batch drained the queue
-        await harness.arrive("lmn")
-        await harness.tick(90)  # 90 ms since it drained: lmn may wait up to max_queue
+        assert harness.batches() == "a bc de lm"
+        await shed(harness, "fghijk", "70 ms", "standing_queue_ms")
+        await harness.arrive("nop")  # while lm run: more than a batch again
+        await harness.tick(90)
+        await harness.end()  # lm drained the queue: a new backlog, 0 ms old, sheds nothing
+        assert harness.batches() == "a bc de lm no"
         await harness.end()
-        assert harness.batches() == "a bc ij k lm"
         await harness.end()
+        assert all(not harness.requests[name].exception() for name in "lmnop")
+
+    run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
+
+
+def test_a_backlog_left_by_one_long_batch_is_served_when_the_next_batches_clear_it() -> None:
+    async def script(harness: Harness) -> None:
+        await harness.arrive("a")
+        await harness.arrive("bcdefg")  # three batches' worth queue behind a ...
+        await harness.tick(300)  # ... which stalls for 300 ms (a slow call, a pause)
         await harness.end()
-        assert all(not harness.requests[name].exception() for name in "ijklmn")
+        for _ in range(3):  # then the version is fast again: 1 ms a batch
+            await harness.tick(1)
+            await harness.end()
+        assert harness.batches() == "a bc de fg"
+        assert all(not task.exception() for task in harness.requests.values())
 
     run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
 
