@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import resource
 import statistics
 import sys
@@ -437,7 +438,32 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="clients wait as a 503's Retry-After says (default: they ask again at once)",
     )
+    # On a small machine the client takes cores from the gateway it measures: pinned apart,
+    # the gateway's own limits are what the figures show.
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        help="run the gateway on these CPUs only, e.g. 0 or 0-1,4 (default: any)",
+    )
+    parser.add_argument(
+        "--client-cpus", type=cpu_list, help="run the client on these CPUs only (default: any)"
+    )
     return parser
+
+
+def cpu_list(text: str) -> set[int]:
+    """CPUs as `taskset -c` writes them: `0`, `0,2`, `0-3,6`."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            start, end = int(first), int(last or first)
+            if start < 0 or end < start:
+                raise ValueError(part)
+            cpus.update(range(start, end + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r}") from None
+    return cpus
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,8 +484,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             config["max_in_flight"] = args.max_in_flight
         spec = ServerSpec("gateway-overload", "gateway", args.workers, Features.OBSERVED, config)
         body = payloads(model_features(args.model))[1]
+        allowed = os.sched_getaffinity(0)
         try:
+            if args.server_cpus is not None:  # the gateway's processes inherit it when started
+                os.sched_setaffinity(0, args.server_cpus)
             with running_servers([spec], directory, tracking_uri) as (server,):
+                os.sched_setaffinity(0, args.client_cpus or allowed)
                 request = _request(body, server.port)
                 measure(server.port, request, 16, WARMUP_SECONDS)
                 phases = []

@@ -1,6 +1,7 @@
 """The overload benchmark's arithmetic: the gateway's histograms over a phase, and the matching
 of served requests with their inference-log records."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from benchmarks.gatewaybench.overload import (
     PREDICT_HISTOGRAM,
     QUEUE_HISTOGRAM,
     _difference,
+    cpu_list,
     parse_histograms,
     worker_durations,
 )
@@ -77,3 +79,16 @@ def test_served_requests_are_matched_with_their_served_records_only(tmp_path: Pa
     (tmp_path / "part-1.jsonl").write_text(lines + '{"request_id": "overload-a-2-0", "sta')
     found = worker_durations(tmp_path, ["overload-a-0-0", "overload-a-0-1", "overload-a-2-0"])
     assert found == {"overload-a-0-0": pytest.approx(0.0125)}
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"), [("0", {0}), ("1,3", {1, 3}), ("0-2,5", {0, 1, 2, 5}), ("4-4", {4})]
+)
+def test_cpus_are_read_as_taskset_writes_them(text: str, cpus: set[int]) -> None:
+    assert cpu_list(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "-1", "0,,1", "1-2-3"])
+def test_a_cpu_list_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a CPU list"):
+        cpu_list(text)
