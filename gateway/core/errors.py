@@ -65,12 +65,14 @@ class ShedError(GatewayError):
         self.retry_after = retry_after  # seconds, for the `Retry-After` header
 
 
-def too_many_in_flight(limit: int) -> ShedError:
-    """The refusal of a request that finds `limit` others in flight on its worker."""
+def too_many_in_flight(limit: int, *, lowered: bool = False) -> ShedError:
+    """The refusal of a request that finds `limit` others in flight on its worker; `lowered`:
+    a limit below `max_in_flight`, while the worker is overloaded."""
+    setting = "max_in_flight, lowered while its queue sheds" if lowered else "max_in_flight"
     return ShedError(
         "in_flight",
         f"The gateway is overloaded: this worker is answering {limit} requests already "
-        "(max_in_flight). Retry later.",
+        f"({setting}). Retry later.",
     )
 
 

@@ -77,6 +77,12 @@ IN_FLIGHT = Gauge(
     ["endpoint"],
     multiprocess_mode="livesum",
 )
+IN_FLIGHT_LIMIT = Gauge(
+    "gateway_in_flight_limit",
+    "Invocations the workers admit at once: max_in_flight each, less while a worker is "
+    "overloaded (two full batches of each version that shed for queue time).",
+    multiprocess_mode="livesum",
+)
 WEIGHT = Gauge(
     "gateway_variant_weight",
     "The live routing weight of each variant.",

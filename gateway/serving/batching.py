@@ -24,7 +24,8 @@ others are answered 503 at once. This is the controlled-delay rule of CoDel and 
 RPC queues ("Fail at Scale", ACM Queue, 2015): the queue's minimum over an interval, not its
 length, tells a standing queue from a burst. The served requests of an overloaded worker keep
 a latency near the unloaded one, while a busy one that keeps up (its queue drains at each batch)
-refuses nothing.
+refuses nothing. A version that sheds for queue time also lowers its worker's in-flight limit,
+for as long as the worker goes on refusing (`gateway.core.admission`).
 
 A batch of one request of a fast version skips the hand-off and is predicted on the loop (in
 the callback that takes the batch, so requests read in one turn still share a batch, and under
@@ -89,6 +90,7 @@ class Batcher:
         max_queue: float | None = None,
         standing_queue: float | None = None,
         budget: TurnBudget | None = None,
+        overloaded: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.variant = variant
@@ -121,6 +123,8 @@ class Batcher:
         # Whether a lone request may skip the hand-off: what its version's calls measured.
         self._estimate = PredictEstimate(bound=settings.inline_max_ms / 1000)
         self._budget = budget if budget is not None else TurnBudget()
+        # Told whenever requests are shed for their wait (`gateway.core.admission`).
+        self._overloaded = overloaded
         self._clock = clock
 
     async def predict(self, body_format: payload.Format, body: bytes) -> Prediction:
@@ -260,8 +264,11 @@ class Batcher:
             stale += 1
             if not waiting.future.done():
                 waiting.future.set_exception(waited_too_long(*limit))
-        if stale and self._queue_gauge is not None:
-            self._queue_gauge.add(-stale)
+        if stale:
+            if self._queue_gauge is not None:
+                self._queue_gauge.add(-stale)
+            if self._overloaded is not None:
+                self._overloaded()
 
     def _shed_late(
         self, queued_by: float, limit: tuple[float, str], batch: list[_Waiting]
@@ -275,6 +282,8 @@ class Batcher:
                 on_time.append(waiting)
             elif not waiting.future.done():
                 waiting.future.set_exception(waited_too_long(*limit))
+        if self._overloaded is not None:
+            self._overloaded()
         return on_time
 
     def _finish(

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from functools import partial
 
+from gateway.core.admission import HOLD_SECONDS, Admission
 from gateway.core.config import Endpoint, GatewayConfig
 from gateway.core.errors import (
     GatewayError,
@@ -17,6 +18,8 @@ from gateway.core.errors import (
     waited_too_long,
 )
 from gateway.core.routing import Routing, choose_random, choose_sticky
+from gateway.observe import metrics
+from gateway.observe.quiet import QuietLog
 from gateway.protocol import payload
 from gateway.serving.accounting import Accountant
 from gateway.serving.batching import Batcher
@@ -29,6 +32,7 @@ from gateway.serving.shadow import ShadowRunner
 from gateway.serving.tracing import Tracer
 
 logger = logging.getLogger(__name__)
+_QUIET = QuietLog(logger)
 
 FORCE_HEADER = "x-gateway-variant"
 
@@ -59,9 +63,11 @@ class InvocationService:
         self._turn_budget = TurnBudget()
         self._rng = rng or random.Random()
         self._metrics = config.metrics.enabled
-        # Invocations admitted and not yet answered; past `max_in_flight` (None: no limit) a 503.
+        # Invocations admitted and not yet answered; past the admission's limit (`max_in_flight`,
+        # lowered while the worker is overloaded; None: no limit) a 503.
         self._admitted = 0
-        self._max_in_flight = max_in_flight
+        self._admission = Admission(max_in_flight, on_change=self._limit_changed, clock=clock)
+        self._limit_changed(max_in_flight)
         self._max_queue = config.max_queue_seconds
         self._standing_queue = config.standing_queue_seconds
         self._clock = clock
@@ -212,18 +218,42 @@ class InvocationService:
         out serving. It is counted like any shed request, and leaves no inference record: it was
         never read, and no variant had a part in it.
         """
-        if self._max_in_flight is None or self._admitted < self._max_in_flight:
+        if self._admission.admits(self._admitted):
             return None
         if name is not None and self._config.endpoint(name) is None:
             return None  # the app answers 404: a client's mistake is never a 503
-        error = too_many_in_flight(self._max_in_flight)
+        error = self._too_many()
         self._accountant.count_refusal(name, error)
         return error
 
     def _admit(self) -> None:
-        """Shed a request that finds its worker answering `max_in_flight` others already."""
-        if self._max_in_flight is not None and self._admitted > self._max_in_flight:
-            raise too_many_in_flight(self._max_in_flight)
+        """Shed a request that finds its worker answering as many others as it admits."""
+        if not self._admission.admits(self._admitted - 1):
+            raise self._too_many()
+
+    def _too_many(self) -> ShedError:
+        admission = self._admission
+        assert admission.limit is not None
+        return too_many_in_flight(admission.limit, lowered=admission.lowered)
+
+    def _overloaded(self, endpoint: str, variant: str, batch_size: int) -> None:
+        """A batched variant shed requests for their wait: its worker admits fewer for a while."""
+        admission = self._admission
+        if admission.overloaded((endpoint, variant), batch_size) and admission.lowered:
+            _QUIET.warning(
+                "overloaded",
+                "overloaded: admitting %s invocations at once (max_in_flight %s) until nothing "
+                "is refused for %g s; %s/%s shed requests for their wait",
+                admission.limit,
+                admission.configured,
+                HOLD_SECONDS,
+                endpoint,
+                variant,
+            )
+
+    def _limit_changed(self, limit: int | None) -> None:
+        if self._metrics and limit is not None:
+            metrics.IN_FLIGHT_LIMIT.set(limit)
 
     def refuse(
         self, invocation: Invocation, error: GatewayError, *, attempt: Outcome | None = None
@@ -292,6 +322,9 @@ class InvocationService:
                 max_queue=self._max_queue,
                 standing_queue=self._standing_queue,
                 budget=self._turn_budget,
+                overloaded=partial(
+                    self._overloaded, endpoint.name, variant, settings.max_batch_size
+                ),
             )
         )
         self._batchers[(endpoint.name, variant)] = (model, batcher)

@@ -2,6 +2,7 @@
 
 import json
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -130,3 +131,85 @@ def _refused_and_closed(url: str, path: str) -> bytes:
         while chunk := sock.recv(65536):  # until the server closes the connection
             received += chunk
     return received
+
+
+def test_a_worker_whose_queue_sheds_admits_two_full_batches_until_a_quiet_second_has_passed(
+    make_config: Callable[..., GatewayConfig], tracking_uri: str, tmp_path: Path
+) -> None:
+    models.register("overloaded", "champion", models.GatedModel(), tracking_uri)
+    endpoint = {
+        "name": "overloaded",
+        "model": "overloaded",
+        "variants": [{"alias": "champion"}],
+        "batching": {"max_batch_size": 2, "max_wait_ms": 0},
+    }
+    # Requests are shed for their wait by max_queue_ms alone: the standing-queue limit would
+    # also shed a backlog left by the gate once a fast batch follows it.
+    config = make_config(
+        [endpoint],
+        inference_log={"dir": str(tmp_path)},
+        max_in_flight=20,
+        max_queue_ms=1500,
+        standing_queue_ms=None,
+    )
+    url_of = "{}/endpoints/overloaded/invocations".format
+
+    def send(client: httpx.Client, url: str, request_id: str) -> httpx.Response:
+        return client.post(url_of(url), json=_body(7), headers={"x-request-id": request_id})
+
+    def gauges(url: str) -> tuple[float, float]:
+        metrics = scrape(url)
+        return (
+            sample(metrics, "gateway_in_flight_limit"),
+            sample(metrics, "gateway_requests_in_flight", endpoint="overloaded"),
+        )
+
+    def blocked(url: str, count: int, limit: int) -> Callable[[], bool]:
+        return lambda: gauges(url) == (limit, count)
+
+    with (
+        running_gateway(config) as url,
+        httpx.Client(timeout=60) as client,
+        ThreadPoolExecutor(8) as threads,
+    ):
+        assert gauges(url) == (20, 0)
+        # A backlog: one request predicting behind a closed gate, five queued behind it for
+        # longer than max_queue_ms. When the gate opens, the five are shed for their wait.
+        # (The in-flight gauge is written twice a second: the waits below allow for it.)
+        models.GATE.clear()
+        first = threads.submit(send, client, url, "first")
+        wait_until(blocked(url, 1, 20), "the first request to block in predict")
+        backlog = [threads.submit(send, client, url, f"backlog-{n}") for n in range(5)]
+        wait_until(blocked(url, 6, 20), "the backlog to queue")
+        time.sleep(1.6)
+        models.GATE.set()
+        assert first.result(timeout=60).status_code == 200
+        shed = [future.result(timeout=60) for future in backlog]
+        # The worker now admits two full batches (4), not max_in_flight (20).
+        wait_until(blocked(url, 0, 4), "the lowered limit, and nothing in flight")
+        models.GATE.clear()
+        held = [threads.submit(send, client, url, f"held-{n}") for n in range(4)]
+        wait_until(blocked(url, 4, 4), "four requests to be admitted")
+        refused = send(client, url, "refused")
+        models.GATE.set()
+        assert [future.result(timeout=60).status_code for future in held] == [200] * 4
+        # A second without a refusal: the first request after it restores max_in_flight.
+        time.sleep(1.1)
+        assert send(client, url, "after").status_code == 200
+        wait_until(blocked(url, 0, 20), "max_in_flight again, and nothing in flight")
+        models.GATE.clear()
+        again = [threads.submit(send, client, url, f"again-{n}") for n in range(6)]
+        wait_until(blocked(url, 6, 20), "six requests to be admitted again")
+        models.GATE.set()
+        answers = [future.result(timeout=60) for future in again]
+        assert [answer.status_code for answer in answers] == [200] * 6, [a.text for a in answers]
+
+    for response in shed:
+        assert response.status_code == 503
+        assert "(max_queue_ms)" in response.json()["message"]
+    assert (refused.status_code, refused.headers["retry-after"]) == (503, "1")
+    assert refused.json() == {
+        "error_code": "TEMPORARILY_UNAVAILABLE",
+        "message": "The gateway is overloaded: this worker is answering 4 requests already "
+        "(max_in_flight, lowered while its queue sheds). Retry later.",
+    }

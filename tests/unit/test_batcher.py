@@ -62,6 +62,8 @@ class Harness:
     ) -> None:
         self.clock = clock
         self.executor = ManualExecutor()
+        # How many times the batcher told its worker it shed requests for their wait.
+        self.overloads = 0
         self.batcher = Batcher(
             "champion",
             model,
@@ -70,6 +72,7 @@ class Harness:
             clock=clock,
             max_queue=max_queue,
             standing_queue=standing_queue,
+            overloaded=self._overloaded,
         )
         self.body = body
         self.names: dict[bytes, str] = {}
@@ -79,6 +82,9 @@ class Harness:
         asyncio.get_running_loop().set_exception_handler(
             lambda _, context: self.loop_errors.append(context)
         )
+
+    def _overloaded(self) -> None:
+        self.overloads += 1
 
     async def settle(self) -> None:
         """Let the loop run everything that is ready, due timers included."""
@@ -412,6 +418,7 @@ def test_requests_that_waited_past_max_queue_are_answered_503_and_the_rest_predi
         await harness.end()
         assert harness.batches() == "a d"
         await shed(harness, "bc")
+        assert harness.overloads == 1  # a shed for max_queue_ms tells the worker too
         await harness.end()
         assert (await harness.requests["d"]).body == b"d"
         assert harness.loop_errors == []
@@ -459,6 +466,7 @@ def test_a_queue_that_drains_at_each_batch_refuses_nothing_however_long_it_waits
         assert harness.batches() == "a bc de fg hi jk"
         await harness.end()
         assert all(task.done() and not task.exception() for task in harness.requests.values())
+        assert harness.overloads == 0  # its worker keeps admitting all it may
 
     run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
 
@@ -476,9 +484,11 @@ def test_a_standing_queue_sheds_what_waited_longer_than_a_batch_and_standing_que
         await harness.tick(60)
         # A backlog at every batch for 120 ms: a request may wait de's run (60 ms) + 10 ms.
         # fgh waited 180 ms and ijk 120 ms, and are refused; lm waited 60 ms and go on.
+        assert harness.overloads == 0
         await harness.end()
         assert harness.batches() == "a bc de lm"
         await shed(harness, "fghijk", "70 ms", "standing_queue_ms")
+        assert harness.overloads == 1  # its worker is told once for the six shed together
         await harness.arrive("nop")  # while lm run: more than a batch again
         await harness.tick(90)
         await harness.end()  # lm drained the queue: a new backlog, 0 ms old, sheds nothing
@@ -501,6 +511,7 @@ def test_a_backlog_left_by_one_long_batch_is_served_when_the_next_batches_clear_
             await harness.end()
         assert harness.batches() == "a bc de fg"
         assert all(not task.exception() for task in harness.requests.values())
+        assert harness.overloads == 0
 
     run(Batching(max_batch_size=2, max_wait_ms=0), script, max_queue=1.0, standing_queue=0.01)
 
