@@ -26,8 +26,10 @@ import yaml
 
 from gateway.commands import cli
 from gateway.core.config import GatewayConfig
+from gateway.core.config_file import parse_config
 from gateway.core.rollout import AUDIT_TAG_PREFIX, WEIGHTS_TAG
 from gateway.serving.registry import Registry
+from gateway.serving.runtime import PREDICT_THREADS
 from tests.helpers import REPO
 from tests.integration import models
 from tests.integration.conftest import (
@@ -319,6 +321,18 @@ def test_prometheus_counts_every_request_that_both_workers_answered(
     by_worker = _answered_by_worker(served.logs)
     assert sum(by_worker.values()) == sent
     assert len(by_worker) == 2, by_worker
+
+
+def test_prometheus_sees_the_in_flight_limit_of_each_worker_summed(
+    served: Served, prometheus: Prometheus
+) -> None:
+    # Neither worker is overloaded: each admits max_in_flight, derived from the config.
+    config = parse_config(served.config.read_text(), {})
+    each = config.in_flight_limit(PREDICT_THREADS)
+    wait_until(
+        lambda: prometheus.total("sum(gateway_in_flight_limit)") == 2 * each,
+        f"Prometheus to see two workers admitting {each} each",
+    )
 
 
 # --- the dashboard ---------------------------------------------------------------------------
