@@ -55,6 +55,9 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 ANSWER_TIMEOUT_SECONDS = 10.0
 
 
+# The onset of a phase: every connection's first request arrives at once, before any limit has
+# reacted. Served requests sent after it are also reported apart.
+ONSET_SECONDS = 1.0
 # How often the client's loop-lag probe asks to wake up.
 LAG_PROBE_SECONDS = 0.005
 # The writer thread writes what it holds within 50 ms; this leaves it ample time.
@@ -77,15 +80,21 @@ class Answers:
     # How late the client's loop woke a probe that slept LAG_PROBE_SECONDS, each time.
     loop_lags: list[float] = field(default_factory=list)
     errors: int = 0
+    # The latencies of served requests sent ONSET_SECONDS or more after the phase started.
+    after_onset: list[float] = field(default_factory=list)
 
-    def add(self, status: int, seconds: float, request_id: str, first: bool) -> None:
+    def add(
+        self, status: int, seconds: float, request_id: str, first: bool, after_onset: bool
+    ) -> None:
         """One answer of `status` that took `seconds` from writing the request to the last byte;
-        `first`: the first request of its connection."""
+        `first`: the first request of its connection; `after_onset`: sent after the onset."""
         self.latencies.setdefault(status, []).append(seconds)
         if status == 200:
             self.served[request_id] = seconds
             if first:
                 self.first.add(request_id)
+            if after_onset:
+                self.after_onset.append(seconds)
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,8 @@ class PhaseFigures:
     first_p99_ms: float | None = None
     later_p50_ms: float | None = None
     later_p99_ms: float | None = None
+    # Served requests sent after the phase's first ONSET_SECONDS.
+    after_onset_p99_ms: float | None = None
     # The served requests found in the inference log: their time in the worker (`duration_ms`)
     # and the rest of what the client measured (outside the worker), each at p50 and p99.
     matched: int = 0
@@ -156,6 +167,7 @@ async def _connection(
     until: float,
     answers: Answers,
     polite: bool,
+    onset_ends: float,
 ) -> None:
     """Send the request on one keep-alive connection, again and again, until the loop time
     `until`, each with an id of its own between `request`'s two halves; when `polite`, wait as
@@ -174,12 +186,14 @@ async def _connection(
             if loop.time() >= until:
                 break
             request_id = f"{name}-{sent}"
+            after_onset = loop.time() >= onset_ends
             started = time.perf_counter()
             writer.write(head + request_id.encode() + tail)
             status, retry_after = await asyncio.wait_for(
                 _read_answer(reader), ANSWER_TIMEOUT_SECONDS
             )
-            answers.add(status, time.perf_counter() - started, request_id, sent == 0)
+            elapsed = time.perf_counter() - started
+            answers.add(status, elapsed, request_id, sent == 0, after_onset)
             if polite and retry_after is not None:
                 await asyncio.sleep(min(retry_after, max(0.0, until - loop.time())))
     except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
@@ -203,13 +217,14 @@ async def _phase(
     port: int, request: tuple[bytes, bytes], connections: int, seconds: float, polite: bool
 ) -> Answers:
     answers = Answers()
-    until = asyncio.get_running_loop().time() + seconds
+    now = asyncio.get_running_loop().time()
+    until, onset_ends = now + seconds, now + ONSET_SECONDS
     # Ids unique to the phase: the inference log holds every phase's records.
     phase = f"overload-{time.time_ns():x}"
     await asyncio.gather(
         _probe_lag(until, answers),
         *(
-            _connection(f"{phase}-{number}", port, request, until, answers, polite)
+            _connection(f"{phase}-{number}", port, request, until, answers, polite, onset_ends)
             for number in range(connections)
         ),
     )
@@ -343,6 +358,7 @@ def measure(
         first_p99_ms=_percentile_ms(first, 99),
         later_p50_ms=_percentile_ms(later, 50),
         later_p99_ms=_percentile_ms(later, 99),
+        after_onset_p99_ms=_percentile_ms(answers.after_onset, 99),
         matched=len(inside),
         worker_p50_ms=_percentile_ms(inside, 50),
         worker_p99_ms=_percentile_ms(inside, 99),
@@ -370,15 +386,17 @@ def _ms(value: float | None) -> str:
 def table(phases: Sequence[PhaseFigures]) -> str:
     """The phases as a Markdown table."""
     lines = [
-        "| connections | served req/s | served p50 ms | served p99 ms | 503 share "
-        "| 503 p50 ms | 503 p99 ms | other | socket errors |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| connections | served req/s | served p50 ms | served p99 ms "
+        f"| p99 ms after {ONSET_SECONDS:g} s | 503 share | 503 p50 ms | 503 p99 ms | other "
+        "| socket errors |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for p in phases:
         other = sum(p.other_statuses.values())
         lines.append(
             f"| {p.connections:,} | {p.served_per_second:,.0f} | {_ms(p.served_p50_ms)} "
-            f"| {_ms(p.served_p99_ms)} | {p.shed_share:.1%} | {_ms(p.shed_p50_ms)} "
+            f"| {_ms(p.served_p99_ms)} | {_ms(p.after_onset_p99_ms)} | {p.shed_share:.1%} "
+            f"| {_ms(p.shed_p50_ms)} "
             f"| {_ms(p.shed_p99_ms)} | {other} | {p.errors} |"
         )
     return "\n".join(lines)

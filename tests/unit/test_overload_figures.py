@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from benchmarks.gatewaybench.overload import (
     PREDICT_HISTOGRAM,
     QUEUE_HISTOGRAM,
+    Answers,
     _difference,
     cpu_list,
     parse_histograms,
@@ -92,3 +93,15 @@ def test_cpus_are_read_as_taskset_writes_them(text: str, cpus: set[int]) -> None
 def test_a_cpu_list_that_is_not_one_is_refused(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match="not a CPU list"):
         cpu_list(text)
+
+
+def test_served_requests_sent_after_the_onset_are_kept_apart() -> None:
+    answers = Answers()
+    answers.add(200, 0.300, "a-0", first=True, after_onset=False)
+    answers.add(503, 0.001, "b-0", first=True, after_onset=False)
+    answers.add(200, 0.012, "a-1", first=False, after_onset=True)
+    answers.add(503, 0.002, "b-1", first=False, after_onset=True)
+    answers.add(200, 0.250, "b-2", first=False, after_onset=False)
+    assert answers.after_onset == [0.012]
+    assert sorted(answers.served.values()) == [0.012, 0.250, 0.300]
+    assert answers.first == {"a-0"}
